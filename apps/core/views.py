@@ -1,0 +1,25 @@
+from django.http import HttpRequest, HttpResponse
+from django.views.defaults import page_not_found, server_error
+
+from apps.core.exceptions import error_response
+from apps.core.middleware import is_api_request
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if is_api_request(request):
+        return error_response("not_found", "Not found.", 404)
+    return page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if is_api_request(request):
+        return error_response("internal_error", "An unexpected error occurred.", 500)
+    return server_error(request)
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    from django.views.defaults import permission_denied
+
+    if is_api_request(request):
+        return error_response("permission_denied", "You do not have permission to perform this action.", 403)
+    return permission_denied(request, exception)

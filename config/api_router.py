@@ -1,0 +1,7 @@
+"""/api/v1/ for tenant domains: each app contributes its urls here."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("apps.accounts.api.urls")),
+]

@@ -1,0 +1,135 @@
+"""Shared test fixtures: the real PostgreSQL (one schema per tenant) and Redis.
+
+Built once per session and committed: the public tenant, the template schema, and three
+tenants — ``acme`` and ``globex`` (active) and ``initech`` (suspended) — each with one
+user per system role (``<role>@<schema>.test``, password ``SEED_PASSWORD``). Ordinary tests
+use the ``db`` fixture and roll back whatever they change; tests whose code runs on other
+threads or processes (websockets, Celery worker) use ``committed_db`` and must only read
+or clean up after themselves."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django_tenants.utils import schema_context
+from rest_framework.test import APIClient
+
+SEED_PASSWORD = "Seed-Pass-2026!"
+SYSTEM_ROLE_NAMES = ["super_admin", "tenant_admin", "knowledge_manager", "agent", "user"]
+TEST_TENANTS = {
+    "acme": ("Acme Corp", "acme.localhost", "active"),
+    "globex": ("Globex Inc", "globex.localhost", "active"),
+    "initech": ("Initech", "initech.localhost", "suspended"),
+}
+
+
+def seed_email(role: str, schema: str) -> str:
+    return f"{role}@{schema}.test"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        from apps.accounts.services import user_create
+        from apps.tenancy.models import Tenant
+        from apps.tenancy.services import (
+            public_tenant_ensure,
+            tenant_create,
+            tenant_suspend,
+            tenant_template_ensure,
+        )
+
+        public_tenant_ensure(domain="localhost")
+        tenant_template_ensure()
+        for schema, (name, domain, status) in TEST_TENANTS.items():
+            tenant = tenant_create(name=name, schema_name=schema, domain=domain)
+            with schema_context(schema):
+                for role in SYSTEM_ROLE_NAMES:
+                    user_create(email=seed_email(role, schema), password=SEED_PASSWORD, roles=[role])
+            if status == "suspended":
+                tenant_suspend(tenant=Tenant.objects.get(pk=tenant.pk), actor=None)
+        connection.set_schema_to_public()
+
+
+@pytest.fixture(autouse=True)
+def _public_schema_after_test():
+    yield
+    connection.set_schema_to_public()
+
+
+@pytest.fixture
+def committed_db(django_db_setup, django_db_blocker):
+    """Database access without a wrapping transaction (for code on other threads)."""
+    with django_db_blocker.unblock():
+        yield
+    connection.set_schema_to_public()
+
+
+def _tenant(schema: str):
+    from apps.tenancy.models import Tenant
+
+    with schema_context("public"):
+        return Tenant.objects.get(schema_name=schema)
+
+
+@pytest.fixture
+def acme(db):
+    return _tenant("acme")
+
+
+@pytest.fixture
+def globex(db):
+    return _tenant("globex")
+
+
+@pytest.fixture
+def initech(db):
+    return _tenant("initech")
+
+
+def tenant_host(tenant) -> str:
+    return TEST_TENANTS[tenant.schema_name][1]
+
+
+@pytest.fixture
+def seed_user():
+    """``seed_user(tenant, role)`` → the committed seed user of that role in that tenant."""
+
+    def get(tenant, role: str):
+        from apps.accounts.models import User
+
+        with schema_context(tenant.schema_name):
+            return User.objects.get(email=seed_email(role, tenant.schema_name))
+
+    return get
+
+
+@pytest.fixture
+def client_for():
+    """``client_for(tenant, user=None)`` → a Django test client on that tenant's domain,
+    logged in (real session in Redis) when a user is given."""
+
+    def make(tenant, user=None) -> Client:
+        client = Client(HTTP_HOST=tenant_host(tenant))
+        if user is not None:
+            assert client.login(email=user.email, password=SEED_PASSWORD), f"login failed for {user.email}"
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api_for():
+    """``api_for(tenant, user=None, api_key=None)`` → a DRF APIClient on that tenant's domain,
+    authenticated by force (user) or with an ``Api-Key`` header."""
+
+    def make(tenant, user=None, api_key: str | None = None) -> APIClient:
+        client = APIClient(HTTP_HOST=tenant_host(tenant))
+        if user is not None:
+            client.force_authenticate(user=user)
+        if api_key is not None:
+            client.credentials(HTTP_AUTHORIZATION=f"Api-Key {api_key}")
+        return client
+
+    return make
