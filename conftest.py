@@ -113,7 +113,8 @@ def client_for():
     def make(tenant, user=None) -> Client:
         client = Client(HTTP_HOST=tenant_host(tenant))
         if user is not None:
-            assert client.login(email=user.email, password=SEED_PASSWORD), f"login failed for {user.email}"
+            with schema_context(tenant.schema_name):  # auth and the session key are per schema
+                assert client.login(email=user.email, password=SEED_PASSWORD), f"login failed for {user.email}"
         return client
 
     return make

@@ -259,3 +259,4 @@ LOGGING = {
 # Email is unique case-insensitively (UNIQUE(lower(email)) in accounts.User.Meta), which
 # Django's check cannot see.
 SILENCED_SYSTEM_CHECKS = ["auth.W004"]
+FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 default, opted into now
