@@ -17,3 +17,10 @@ LOG_FORMAT = "plain"
 LOGGING["handlers"]["console"]["formatter"] = "plain"  # noqa: F405
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 MEDIA_ROOT = BASE_DIR / "var" / "test-media"  # noqa: F405
+
+# One test database per run (suffix: pid), so concurrent runs on one machine never share.
+import os  # noqa: E402
+
+DATABASES["default"]["TEST"] = {  # noqa: F405
+    "NAME": env("TEST_DATABASE_NAME", default=f"test_zhida_{os.getpid()}")
+}
