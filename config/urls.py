@@ -18,6 +18,7 @@ urlpatterns = [
 if settings.DEBUG:
     urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
 
+handler400 = "apps.core.views.handler400"
 handler404 = "apps.core.views.handler404"
 handler500 = "apps.core.views.handler500"
 handler403 = "apps.core.views.handler403"

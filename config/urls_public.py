@@ -1,8 +1,8 @@
 """URLs served on the platform (public) domain: the operators' admin and the API docs."""
 
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.core.admin_sites import platform_admin_site
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
 
+handler400 = "apps.core.views.handler400"
 handler404 = "apps.core.views.handler404"
 handler500 = "apps.core.views.handler500"
 handler403 = "apps.core.views.handler403"

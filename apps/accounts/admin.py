@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 from django.utils.translation import gettext_lazy as _
 
 from apps.accounts import services
@@ -55,7 +56,22 @@ STATUS_SERVICES = {
 }
 
 
-class UserAdmin(admin.ModelAdmin):
+class ServiceErrorsAsMessages:
+    """A service that refuses (``ApplicationError`` from ``save_model``) undoes the whole
+    save — ``changeform_view`` runs it in one transaction — and comes back as an error
+    message on the same page. Catching it inside ``save_model`` instead would let the admin
+    carry on: report "added successfully" for an object that was never created, log it,
+    and keep the parts of a change that ran before the refusal."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+
+class UserAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     list_display = ["email", "first_name", "last_name", "status", "email_verified", "last_login", "created_at"]
     list_filter = ["status", "email_verified", "sso_enabled", "user_roles__role"]
     search_fields = ["email", "first_name", "last_name"]
@@ -73,7 +89,19 @@ class UserAdmin(admin.ModelAdmin):
             return [(None, {"fields": ["email", "first_name", "last_name", "password", "roles"]})]
         return [
             (None, {"fields": ["email", "first_name", "last_name", "avatar_url", "status", "roles"]}),
-            (_("Details"), {"fields": ["email_verified", "sso_enabled", "sso_provider", "last_login", "created_at", "preferences"]}),
+            (
+                _("Details"),
+                {
+                    "fields": [
+                        "email_verified",
+                        "sso_enabled",
+                        "sso_provider",
+                        "last_login",
+                        "created_at",
+                        "preferences",
+                    ]
+                },
+            ),
         ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -84,40 +112,41 @@ class UserAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
-        try:
-            if not change:
-                created = services.user_create(
-                    email=data["email"],
-                    password=data.get("password") or None,
-                    first_name=data.get("first_name", ""),
-                    last_name=data.get("last_name", ""),
-                    roles=[r.name for r in data.get("roles", [])],
-                    actor=request.user,
-                )
-                obj.pk = created.pk
-                return
-            user = User.objects.get(pk=obj.pk)
-            services.user_update(
-                user=user,
+        if not change:
+            created = services.user_create(
+                email=data["email"],
+                password=data.get("password") or None,
+                first_name=data.get("first_name", ""),
+                last_name=data.get("last_name", ""),
+                roles=[r.name for r in data.get("roles", [])],
                 actor=request.user,
-                first_name=data["first_name"],
-                last_name=data["last_name"],
-                avatar_url=data["avatar_url"],
-                preferences=data["preferences"],
             )
-            if data["status"] != user.status:
-                STATUS_SERVICES[data["status"]](user=user, actor=request.user)
-            wanted = {r.name for r in data.get("roles", [])}
-            held = set(UserRole.objects.filter(user=user).values_list("role__name", flat=True))
-            for name in sorted(wanted - held):
-                services.user_role_grant(user=user, role_name=name, actor=request.user)
-            for name in sorted(held - wanted):
-                services.user_role_revoke(user=user, role_name=name, actor=request.user)
-        except ApplicationError as exc:
-            self.message_user(request, exc.message, level=messages.ERROR)
+            obj.pk = created.pk
+            return
+        user = User.objects.get(pk=obj.pk)
+        services.user_update(
+            user=user,
+            actor=request.user,
+            first_name=data["first_name"],
+            last_name=data["last_name"],
+            avatar_url=data["avatar_url"],
+            preferences=data["preferences"],
+        )
+        if data["status"] != user.status:
+            STATUS_SERVICES[data["status"]](user=user, actor=request.user)
+        wanted = {r.name for r in data.get("roles", [])}
+        held = set(UserRole.objects.filter(user=user).values_list("role__name", flat=True))
+        for name in sorted(wanted - held):
+            services.user_role_grant(user=user, role_name=name, actor=request.user)
+        for name in sorted(held - wanted):
+            services.user_role_revoke(user=user, role_name=name, actor=request.user)
 
     def save_related(self, request, form, formsets, change):
-        """Roles are saved by ``save_model`` through the services."""
+        """Roles are saved by ``save_model`` through the services; the role inline only
+        shows them, so none of it is saved. The admin's change message still reads what a
+        formset save sets, hence the empty lists (without them every change page crashed)."""
+        for formset in formsets:
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
     def delete_model(self, request, obj):
         services.user_deactivate(user=obj, actor=request.user)
@@ -139,7 +168,7 @@ class UserAdmin(admin.ModelAdmin):
         return False  # users are deactivated, never deleted (their history stays attributable)
 
 
-class RoleAdmin(admin.ModelAdmin):
+class RoleAdmin(ServiceErrorsAsMessages, admin.ModelAdmin):
     list_display = ["name", "display_name", "permissions", "is_system"]
     list_filter = ["is_system"]
     search_fields = ["name", "display_name"]
@@ -154,26 +183,24 @@ class RoleAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
-        try:
-            if change:
-                services.role_update(
-                    role=obj,
-                    actor=request.user,
-                    display_name=data.get("display_name"),
-                    description=data.get("description"),
-                    permissions=None if obj.is_system else data.get("permissions"),
-                )
-            else:
-                role = services.role_create(
-                    name=data["name"],
-                    display_name=data["display_name"],
-                    description=data.get("description", ""),
-                    permissions=data.get("permissions", []),
-                    actor=request.user,
-                )
-                obj.pk = role.pk
-        except ApplicationError as exc:
-            self.message_user(request, exc.message, level=messages.ERROR)
+        if change:
+            stored = Role.objects.get(pk=obj.pk)  # ``obj`` already holds the form's values; audit needs the old ones
+            services.role_update(
+                role=stored,
+                actor=request.user,
+                display_name=data.get("display_name"),
+                description=data.get("description"),
+                permissions=None if obj.is_system else data.get("permissions"),
+            )
+        else:
+            role = services.role_create(
+                name=data["name"],
+                display_name=data["display_name"],
+                description=data.get("description", ""),
+                permissions=data.get("permissions", []),
+                actor=request.user,
+            )
+            obj.pk = role.pk
 
     def delete_model(self, request, obj):
         services.role_delete(role=obj, actor=request.user)
@@ -186,7 +213,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "prefix", "created_by", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_filter = ["revoked_at", "roles"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["name", "prefix", "roles", "created_by", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    readonly_fields = [
+        "name",
+        "prefix",
+        "roles",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
     fields = readonly_fields
     actions = ["revoke_keys"]
 

@@ -15,6 +15,7 @@ Everything that asks "may this principal do X" — DRF permission classes, the D
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,10 +75,8 @@ def principal_permissions(principal: Any) -> frozenset[str]:
 
         rows = Role.objects.filter(user_roles__user_id=principal.pk).values_list("permissions", flat=True)
         perms = frozenset(p for row in rows for p in row)
-    try:
+    with contextlib.suppress(AttributeError):  # e.g. None: nothing to cache on
         principal._zhida_permissions = perms
-    except AttributeError:
-        pass
     return perms
 
 

@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Role, User, UserRole
-from apps.accounts.permissions import permissions_cache_clear
+from apps.accounts.permissions import pattern_covered, permissions_cache_clear, principal_permissions
 from apps.audit.services import audit_log_record
 from apps.core.exceptions import Conflict, NotFound, PermissionDeniedError, ValidationFailed
 
@@ -49,11 +49,34 @@ def _email_clean(email: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
+def _grantable_check(actor: Any, permissions: list[str], *, message: str, details: dict | None = None) -> None:
+    """Nobody hands out (to a user, a role or a key) rights they do not hold themselves.
+    ``actor=None`` is the system (migrations, seeding, management commands). Checked here,
+    not in the views, so the API and the admin cannot drift apart."""
+    if actor is None:
+        return
+    held = principal_permissions(actor)
+    if not all(pattern_covered(held, perm) for perm in permissions):
+        raise PermissionDeniedError(message, code="permission_escalation", details=details or {})
+
+
+def _roles_grantable_check(actor: Any, roles: list[Role]) -> None:
+    for role in roles:
+        _grantable_check(
+            actor,
+            role.permissions,
+            message="You cannot grant a role with more rights than you hold.",
+            details={"role": role.name},
+        )
+
+
 def _password_check(password: str, user: User | None = None) -> None:
     try:
         validate_password(password, user)
     except DjangoValidationError as exc:
-        raise ValidationFailed("The password is too weak.", code="weak_password", details={"password": exc.messages}) from exc
+        raise ValidationFailed(
+            "The password is too weak.", code="weak_password", details={"password": exc.messages}
+        ) from exc
 
 
 @transaction.atomic
@@ -75,6 +98,7 @@ def user_create(
     if User.objects.filter(email__iexact=email).exists():
         raise Conflict("A user with this email already exists.", code="user_exists", details={"email": email})
     role_objs = _roles_get(roles or [])
+    _roles_grantable_check(actor, role_objs)
     user = User(email=email, first_name=first_name, last_name=last_name, email_verified=email_verified, **extra)
     if password:
         if validate:
@@ -166,14 +190,27 @@ def user_password_set(*, user: User, password: str, actor: Any) -> User:
     return user
 
 
+def _outranked_check(actor: Any, user: User) -> None:
+    """Nobody changes the standing of a user who holds rights they lack (a tenant admin
+    cannot suspend a super admin)."""
+    _grantable_check(
+        actor,
+        sorted(principal_permissions(user)),
+        message="You cannot change a user who holds rights you do not.",
+        details={"user": str(user.pk)},
+    )
+
+
 def _user_status_set(*, user: User, status: str, actor: Any, action: str) -> User:
     if isinstance(actor, User) and actor.pk == user.pk and status != User.Status.ACTIVE:
         raise PermissionDeniedError("You cannot deactivate yourself.", code="cannot_deactivate_self")
+    _outranked_check(actor, user)
     old = user.status
     if old == status:
         return user
     user.status = status
     user.save(update_fields=["status", "updated_at"])
+    permissions_cache_clear(user)  # a non-active user holds nothing, from this moment on
     audit_log_record(
         actor=actor,
         action=action,
@@ -207,6 +244,7 @@ def user_reactivate(*, user: User, actor: Any) -> User:
 @transaction.atomic
 def user_role_grant(*, user: User, role_name: str, actor: Any) -> UserRole:
     (role,) = _roles_get([role_name])
+    _roles_grantable_check(actor, [role])
     grant, created = UserRole.objects.get_or_create(
         user=user, role=role, defaults={"granted_by": actor if isinstance(actor, User) else None}
     )
@@ -224,6 +262,14 @@ def user_role_grant(*, user: User, role_name: str, actor: Any) -> UserRole:
 
 @transaction.atomic
 def user_role_revoke(*, user: User, role_name: str, actor: Any) -> None:
+    grant = UserRole.objects.select_related("role").filter(user=user, role__name=role_name).first()
+    if grant is not None:
+        _grantable_check(
+            actor,
+            grant.role.permissions,
+            message="You cannot revoke a role with rights you do not hold.",
+            details={"role": role_name},
+        )
     deleted, _ = UserRole.objects.filter(user=user, role__name=role_name).delete()
     if not deleted:
         raise NotFound("The user does not hold this role.", code="role_not_granted")
@@ -257,9 +303,9 @@ def _permissions_clean(permissions: list[str]) -> list[str]:
 def role_create(*, name: str, display_name: str, permissions: list[str], actor: Any, description: str = "") -> Role:
     if Role.objects.filter(name=name).exists():
         raise Conflict("A role with this name already exists.", code="role_exists")
-    role = Role.objects.create(
-        name=name, display_name=display_name, description=description, permissions=_permissions_clean(permissions)
-    )
+    permissions = _permissions_clean(permissions)
+    _grantable_check(actor, permissions, message="You cannot create a role with more rights than you hold.")
+    role = Role.objects.create(name=name, display_name=display_name, description=description, permissions=permissions)
     audit_log_record(
         actor=actor,
         action="role.created",
@@ -287,7 +333,9 @@ def role_update(
     if description is not None:
         role.description = description
     if permissions is not None:
-        role.permissions = _permissions_clean(permissions)
+        permissions = _permissions_clean(permissions)
+        _grantable_check(actor, permissions, message="You cannot give a role more rights than you hold.")
+        role.permissions = permissions
     role.save()
     new = {"display_name": role.display_name, "description": role.description, "permissions": role.permissions}
     audit_log_record(
@@ -324,20 +372,18 @@ class IssuedApiKey:
 def api_key_create(*, name: str, roles: list[str], actor: Any, expires_at: datetime | None = None) -> IssuedApiKey:
     """Issue a key ``zk_<prefix>_<secret>`` with the given roles. A person may only hand a
     key roles whose permissions they hold themselves."""
-    from apps.accounts.permissions import pattern_covered, principal_permissions
-
     role_objs = _roles_get(roles)
     if not role_objs:
         raise ValidationFailed("An API key needs at least one role.", code="roles_required")
-    if actor is not None:
-        held = principal_permissions(actor)
-        for role in role_objs:
-            if not all(pattern_covered(held, perm) for perm in role.permissions):
-                raise PermissionDeniedError(
-                    "You cannot give a key more rights than you hold.",
-                    code="permission_escalation",
-                    details={"role": role.name},
-                )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationFailed("The expiry must be in the future.", details={"expires_at": [str(expires_at)]})
+    for role in role_objs:
+        _grantable_check(
+            actor,
+            role.permissions,
+            message="You cannot give a key more rights than you hold.",
+            details={"role": role.name},
+        )
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
     key = f"{API_KEY_PREFIX}{prefix}_{secret}"

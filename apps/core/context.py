@@ -14,7 +14,10 @@ class RequestContext:
     user_agent: str = ""
 
 
-_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("request_context", default=RequestContext())
+_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
+    "request_context",
+    default=RequestContext(),  # noqa: B039 - frozen dataclass, immutable
+)
 
 
 def request_context_get() -> RequestContext:

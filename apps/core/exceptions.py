@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
@@ -76,9 +77,25 @@ def error_response(code: str, message: str, status: int, details: Any = None) ->
     return JsonResponse(error_body(code, message, details), status=status, json_dumps_params={"ensure_ascii": False})
 
 
+# Django's "bad request" family (oversized body, too many fields, disallowed host...): the
+# client's fault, never an ``internal_error``.
+BAD_REQUEST_EXCEPTIONS = (SuspiciousOperation, BadRequest)
+
+
+def bad_request_error(exc: Exception | None) -> tuple[int, str, str]:
+    """Status, code and message for a ``BAD_REQUEST_EXCEPTIONS`` exception."""
+    if isinstance(exc, RequestDataTooBig):
+        return 413, "payload_too_large", "The request body is too large."
+    return 400, "bad_request", "The request could not be understood."
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, BAD_REQUEST_EXCEPTIONS):
+        status, code, message = bad_request_error(exc)
+        logger.warning("Bad API request: %s", exc)
+        return Response(error_body(code, message), status=status)
     if isinstance(exc, DjangoValidationError):
         details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(error_body("validation_error", "The input is not valid.", details), status=400)

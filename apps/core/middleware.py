@@ -82,9 +82,15 @@ class ApiErrorMiddleware:
         from django.core.exceptions import PermissionDenied
         from django.http import Http404
 
+        from apps.core.exceptions import BAD_REQUEST_EXCEPTIONS, bad_request_error
+
         if isinstance(exception, Http404):
             return error_response("not_found", "Not found.", 404)
         if isinstance(exception, PermissionDenied):
             return error_response("permission_denied", "You do not have permission to perform this action.", 403)
+        if isinstance(exception, BAD_REQUEST_EXCEPTIONS):
+            status, code, message = bad_request_error(exception)
+            logger.warning("Bad request on %s: %s", request.path, exception)
+            return error_response(code, message, status)
         logger.exception("Unhandled error on %s", request.path, exc_info=exception)
         return error_response("internal_error", "An unexpected error occurred.", 500)

@@ -1,8 +1,17 @@
 from django.http import HttpRequest, HttpResponse
-from django.views.defaults import page_not_found, server_error
+from django.views.defaults import bad_request, page_not_found, server_error
 
-from apps.core.exceptions import error_response
+from apps.core.exceptions import bad_request_error, error_response
 from apps.core.middleware import is_api_request
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Bad requests raised outside a view (e.g. a Host header not in ALLOWED_HOSTS, seen by
+    the tenant middleware) are JSON on the API too."""
+    if is_api_request(request):
+        status, code, message = bad_request_error(exception)
+        return error_response(code, message, status)
+    return bad_request(request, exception)
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -7,7 +7,6 @@ must never be relied on in the next."""
 
 from __future__ import annotations
 
-from http.cookies import SimpleCookie
 from importlib import import_module
 
 from channels.db import database_sync_to_async
@@ -15,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import AnonymousUser
 from django.db import connection
+from django.http.cookie import parse_cookie
 from django.utils.crypto import constant_time_compare
 from django_tenants.utils import schema_context, tenant_context
 
@@ -91,9 +91,9 @@ class TenantWebsocketMiddleware:
             return await self._deny(receive, send, CLOSE_UNKNOWN_TENANT)
         if tenant.status != "active":
             return await self._deny(receive, send, CLOSE_TENANT_SUSPENDED)
-        cookies = SimpleCookie()
-        cookies.load(_header(scope, b"cookie"))
-        session_key = cookies[settings.SESSION_COOKIE_NAME].value if settings.SESSION_COOKIE_NAME in cookies else None
+        # Django's parser, as for HTTP requests: SimpleCookie stops at the first cookie it
+        # dislikes (a space or a quote in some other cookie), losing the session cookie.
+        session_key = parse_cookie(_header(scope, b"cookie")).get(settings.SESSION_COOKIE_NAME)
         api_key = _header(scope, b"x-api-key")
         if api_key:
             user = await database_sync_to_async(_user_from_api_key)(tenant, api_key)

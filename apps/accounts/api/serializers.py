@@ -113,7 +113,17 @@ class ApiKeyOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "roles", "created_by", "created_at", "last_used_at", "expires_at", "revoked_at"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "roles",
+            "created_by",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+        ]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):

@@ -10,7 +10,9 @@ urlpatterns = [
     path("users", views.UserListCreateView.as_view(), name="user-list"),
     path("users/<uuid:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     *[
-        path(f"users/<uuid:user_id>/{action}", views.UserStatusView.as_view(), {"action": action}, name=f"user-{action}")
+        path(
+            f"users/<uuid:user_id>/{action}", views.UserStatusView.as_view(), {"action": action}, name=f"user-{action}"
+        )
         for action in views.UserStatusView.actions
     ],
     path("users/<uuid:user_id>/roles", views.UserRolesView.as_view(), name="user-roles"),

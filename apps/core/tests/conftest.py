@@ -1,0 +1,338 @@
+"""Fixtures for apps/core: real service processes (Milvus Lite, a private Redis, a Celery
+worker) on free ports, and websocket credentials (a logged-in session cookie, an API key).
+
+Every process is started by the fixture that owns it and ended by that fixture, by its
+own pid. What these fixtures write to the committed database or to Redis (sessions, API
+keys and their audit rows) is removed afterwards."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from django.test.utils import override_settings
+from django_tenants.utils import schema_context
+
+from conftest import SEED_PASSWORD, seed_email
+
+BASE_DIR = Path(settings.BASE_DIR)
+VENV_BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(ready: Callable[[], bool], *, timeout: float, what: str, process=None, log: Path | None = None) -> None:
+    """Poll ``ready`` until it returns True; fail early (with the log) if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            break
+        try:
+            if ready():
+                return
+        except Exception:  # noqa: BLE001, S110 - not ready yet
+            pass
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    exited = process is not None and process.poll() is not None
+    stop_process(process)
+    reason = f"exited with code {process.returncode}" if exited else f"was not ready within {timeout:.0f} s"
+    pytest.fail(f"{what} {reason}\n{tail}")
+
+
+def stop_process(process: subprocess.Popen | None, *, timeout: float = 15.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------
+# The test database for runs that select only ``committed_db`` tests
+# --------------------------------------------------------------------------------------
+def _selection_needs_database(items) -> bool:
+    """pytest-django's rule for creating the test database (any selected test uses the
+    ``django_db`` marker or the ``db``/``transactional_db``/``live_server`` fixtures)."""
+    db_fixtures = {"db", "transactional_db", "live_server"}
+    return any(
+        item.get_closest_marker("django_db") is not None or db_fixtures & set(getattr(item, "fixturenames", ()))
+        for item in items
+    )
+
+
+@pytest.fixture(scope="session")
+def _test_database_for_committed_db(request, django_test_environment, django_db_blocker):
+    """pytest-django creates the test database only if a selected test asks for ``db``.
+    ``committed_db`` does not, so ``pytest apps/core/tests/test_websocket.py`` alone would
+    seed and test the *configured* database (``DATABASE_URL``). Create it ourselves then."""
+    if _selection_needs_database(request.session.items):
+        yield  # pytest-django's django_db_setup creates it
+        return
+    from django.test.utils import setup_databases, teardown_databases
+
+    verbosity = request.config.option.verbose
+    with django_db_blocker.unblock():
+        created = setup_databases(verbosity=verbosity, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(created, verbosity=verbosity)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(_test_database_for_committed_db, django_db_setup):
+    """The root fixture (seeded tenants), always on a test database."""
+    from django.db import connection
+
+    assert connection.settings_dict["NAME"].startswith("test_"), connection.settings_dict["NAME"]
+
+
+# --------------------------------------------------------------------------------------
+# Milvus Lite
+# --------------------------------------------------------------------------------------
+@dataclass
+class ServiceProcess:
+    process: subprocess.Popen
+    port: int
+    url: str
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open and accepts connections, nothing answers (a hung
+        server, the case only timeouts can bound)."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.resume()
+        stop_process(self.process)
+
+
+def start_milvus(workdir: Path) -> ServiceProcess:
+    """A real Milvus Lite gRPC server on a free port, answering ``list_collections``."""
+    from pymilvus import MilvusClient
+
+    port = free_port()
+    log = workdir / "milvus.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "milvus-lite"),
+                "server",
+                "--data-dir",
+                str(workdir / "data"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    uri = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        client = MilvusClient(uri=uri, timeout=1.0)
+        try:
+            client.list_collections(timeout=1.0)
+        finally:
+            client.close()
+        return True
+
+    wait_for(ready, timeout=STARTUP_TIMEOUT, what="Milvus Lite", process=process, log=log)
+    return ServiceProcess(process=process, port=port, url=uri)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> Iterator[str]:
+    """One Milvus Lite server for the session (never paused or killed); yields its URI."""
+    server = start_milvus(tmp_path_factory.mktemp("milvus"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def private_milvus(tmp_path) -> Iterator[ServiceProcess]:
+    """A Milvus Lite server of this test's own, which the test may pause or kill."""
+    server = start_milvus(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def milvus_up(settings, milvus_server) -> str:
+    settings.MILVUS_URI = milvus_server
+    return milvus_server
+
+
+# --------------------------------------------------------------------------------------
+# A private Redis server (so a test may kill it)
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[ServiceProcess]:
+    """A private ``redis-server`` (no persistence) that the test may pause or kill."""
+    import redis
+
+    port = free_port()
+    log = tmp_path / "redis.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    wait_for(
+        lambda: redis.Redis(port=port, socket_timeout=1).ping(),
+        timeout=STARTUP_TIMEOUT,
+        what="redis-server",
+        process=process,
+        log=log,
+    )
+    server = ServiceProcess(process=process, port=port, url=f"redis://127.0.0.1:{port}/0")
+    yield server
+    server.stop()
+
+
+@contextmanager
+def cache_location(url: str) -> Iterator[None]:
+    """Point the default cache (django-redis) at ``url``.
+
+    ``override_settings(CACHES=...)`` makes Django drop its cache handlers (the
+    ``setting_changed`` receiver), so the next ``caches["default"]`` builds a new
+    django-redis client. That client's connection pool comes from
+    ``ConnectionFactory._pools``, a process-wide dict keyed by URL: the pool for ``url`` is
+    disconnected and forgotten on exit so no later test inherits its dead sockets."""
+    from django_redis.pool import ConnectionFactory
+
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["LOCATION"] = url
+    try:
+        with override_settings(CACHES=caches):
+            yield
+    finally:
+        pool = ConnectionFactory._pools.pop(url, None)
+        if pool is not None:
+            pool.disconnect()
+
+
+# --------------------------------------------------------------------------------------
+# Celery worker
+# --------------------------------------------------------------------------------------
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict  # pytest-django has switched NAME to the test database
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="module")
+def celery_worker(django_db_setup, tmp_path_factory) -> Iterator[str]:
+    """A real ``celery worker`` subprocess on the test database and the test broker; yields
+    its node name once it answers a ping."""
+    from config.celery_app import app
+
+    hostname = f"pytest-{uuid.uuid4().hex[:8]}@localhost"
+    log = tmp_path_factory.mktemp("celery") / "worker.log"
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", DATABASE_URL=_database_url())
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                "-Q",
+                "celery",
+                "-n",
+                hostname,
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for(
+        lambda: bool(app.control.ping(destination=[hostname], timeout=0.5)),
+        timeout=STARTUP_TIMEOUT,
+        what="Celery worker",
+        process=process,
+        log=log,
+    )
+    yield hostname
+    stop_process(process, timeout=30)
+
+
+# --------------------------------------------------------------------------------------
+# Websocket credentials (committed: the consumer reads them on another thread)
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def session_cookie_for(committed_db) -> Iterator[Callable[[str, str], str]]:
+    """``session_cookie_for(schema, role)`` → the ``sessionid`` of a real login (django.test
+    Client on the tenant's host, session in Redis). Logged out and ``last_login`` restored
+    afterwards."""
+    from apps.accounts.models import User
+
+    made: list[tuple[str, Client, User]] = []
+
+    def login(schema: str, role: str) -> str:
+        with schema_context(schema):
+            user = User.objects.get(email=seed_email(role, schema))
+            client = Client(HTTP_HOST=f"{schema}.localhost")
+            assert client.login(email=user.email, password=SEED_PASSWORD)
+        made.append((schema, client, user))
+        return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    yield login
+    for schema, client, user in made:
+        with schema_context(schema):
+            client.logout()
+            User.objects.filter(pk=user.pk).update(last_login=user.last_login)
+
+
+@pytest.fixture
+def acme_api_key(committed_db) -> Iterator[str]:
+    """A committed API key (role ``agent``) in acme; deleted with its audit rows afterwards."""
+    from apps.accounts.models import ApiKey
+    from apps.accounts.services import api_key_create
+    from apps.audit.models import AuditLog
+
+    with schema_context("acme"):
+        issued = api_key_create(name="ws-test", roles=["agent"], actor=None)
+    yield issued.key
+    with schema_context("acme"):
+        AuditLog.objects.filter(resource_type="api_key", resource_id=str(issued.api_key.pk)).delete()
+        ApiKey.objects.filter(pk=issued.api_key.pk).delete()
