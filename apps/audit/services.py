@@ -3,6 +3,7 @@ the row then commits or rolls back together with the change it describes."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
 from datetime import date, datetime
@@ -16,6 +17,24 @@ from apps.audit.models import AuditLog
 from apps.core.context import request_context_get
 
 SECRET_FIELDS = {"password", "key", "key_hash", "secret", "token", "api_key"}
+# ``admin_password``, ``client_secret``, ``access_token``, ``private_key``...: masked too.
+SECRET_SUFFIXES = ("password", "secret", "token", "_key", "key_hash")
+
+
+def _is_secret(name: Any) -> bool:
+    name = str(name).lower()
+    return name in SECRET_FIELDS or name.endswith(SECRET_SUFFIXES)
+
+
+def _ip_or_none(value: str | None) -> str | None:
+    """The request's address is client-influenced (X-Forwarded-For): a value that is not an
+    IP address is dropped rather than failing the change being audited (inet column)."""
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 def _jsonable(values: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -28,7 +47,7 @@ def _jsonable(values: dict[str, Any] | None) -> dict[str, Any] | None:
         if isinstance(value, (datetime, date)):
             return value.isoformat()
         if isinstance(value, dict):
-            return {k: ("***" if k in SECRET_FIELDS else convert(v)) for k, v in value.items()}
+            return {k: ("***" if _is_secret(k) else convert(v)) for k, v in value.items()}
         if isinstance(value, (list, tuple, set)):
             return [convert(v) for v in value]
         if hasattr(value, "pk"):
@@ -74,7 +93,7 @@ def audit_log_record(
         resource_id=str(resource_id or "")[:64],
         old_values=_jsonable(old_values),
         new_values=_jsonable(new_values),
-        ip_address=ctx.ip_address,
+        ip_address=_ip_or_none(ctx.ip_address),
         user_agent=ctx.user_agent,
     )
 

@@ -12,10 +12,17 @@ logger = logging.getLogger(__name__)
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    # Trust X-Forwarded-For only as far as the deployment's proxy sets it (first hop).
+    """The client's address. X-Forwarded-For is client-controlled, so it is read only when
+    the deployment says how many proxies it has (TRUSTED_PROXY_COUNT): the address the
+    outermost trusted proxy saw is that many entries from the right."""
+    from django.conf import settings
+
+    proxies = settings.TRUSTED_PROXY_COUNT
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
-    if forwarded:
-        return forwarded.split(",")[0].strip() or None
+    if proxies > 0 and forwarded:
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if hops:
+            return hops[-min(proxies, len(hops))]
     return request.META.get("REMOTE_ADDR") or None
 
 

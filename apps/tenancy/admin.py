@@ -27,6 +27,15 @@ class TenantAddForm(forms.ModelForm):
         model = Tenant
         fields = ["name", "schema_name"]
 
+    def clean(self):
+        cleaned = super().clean()
+        if "schema_name" in cleaned:
+            try:
+                services.tenant_create_check(schema_name=cleaned["schema_name"], domain=cleaned.get("domain") or None)
+            except ApplicationError as exc:
+                self.add_error("domain" if exc.code == "domain_exists" else "schema_name", exc.message)
+        return cleaned
+
 
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["name", "schema_name", "status", "created_at", "deleted_at"]

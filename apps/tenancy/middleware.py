@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.utils.translation import gettext as _
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 from django_tenants.middleware.main import TenantMainMiddleware
 
 from apps.core.exceptions import error_response
@@ -15,14 +16,18 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 def tenant_error_response(request: HttpRequest, *, code: str, message: str, status: int, details=None) -> HttpResponse:
-    if _wants_json(request):
-        return error_response(code, message, status, details)
-    return render(
-        request,
-        "tenancy/unavailable.html",
-        {"code": code, "message": message, "details": details or {}},
-        status=status,
-    )
+    # This runs before LocaleMiddleware: choose the visitor's language (cookie,
+    # Accept-Language) here, or the page comes out in whatever language the previous request
+    # on this thread left active.
+    with translation.override(translation.get_language_from_request(request)):
+        if _wants_json(request):
+            return error_response(code, str(message), status, details)
+        return render(
+            request,
+            "tenancy/unavailable.html",
+            {"code": code, "message": message, "details": details or {}},
+            status=status,
+        )
 
 
 class TenantMiddleware(TenantMainMiddleware):

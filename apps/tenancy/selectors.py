@@ -16,9 +16,7 @@ def hostname_normalize(host: str) -> str:
 
 
 def tenant_get_by_hostname(*, hostname: str) -> Tenant | None:
-    domain = (
-        Domain.objects.select_related("tenant").filter(domain=hostname_normalize(hostname)).only("tenant").first()
-    )
+    domain = Domain.objects.select_related("tenant").filter(domain=hostname_normalize(hostname)).only("tenant").first()
     return domain.tenant if domain else None
 
 

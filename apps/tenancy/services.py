@@ -19,7 +19,7 @@ from apps.tenancy.models import Domain, SubscriptionPlan, Tenant, TenantSubscrip
 from apps.tenancy.selectors import hostname_normalize, plan_get_default
 
 SCHEMA_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,61}$")
-RESERVED_SCHEMAS = {"public", "information_schema", "tenant_template"}
+RESERVED_SCHEMAS = {"public", "information_schema", "tenant_template", settings.TENANT_BASE_SCHEMA}
 TRIAL_DAYS = 14
 
 
@@ -39,6 +39,29 @@ def _tenant_snapshot(tenant: Tenant) -> dict[str, Any]:
     return {"name": tenant.name, "schema_name": tenant.schema_name, "status": tenant.status}
 
 
+def tenant_create_check(*, schema_name: str, domain: str | None = None) -> tuple[str, str]:
+    """Normalise a new tenant's key and domain and raise what ``tenant_create`` would
+    (invalid_schema_name, tenant_exists, domain_exists). The admin's add form calls it too,
+    so a taken key or domain is a form error instead of a half-reported failure."""
+    schema_name = schema_name.strip().lower()
+    if not SCHEMA_NAME_RE.match(schema_name) or schema_name in RESERVED_SCHEMAS or schema_name.startswith("pg_"):
+        raise ValidationFailed(
+            "The tenant key must start with a letter and hold only lowercase letters, digits and _.",
+            code="invalid_schema_name",
+            details={"schema_name": schema_name},
+        )
+    domain = hostname_normalize(domain or f"{schema_name.replace('_', '-')}.{settings.TENANT_DOMAIN_SUFFIX}")
+    if Tenant.objects.filter(schema_name=schema_name).exists():
+        raise Conflict("A tenant with this key already exists.", code="tenant_exists")
+    if schema_exists(schema_name):  # a leftover schema holds someone's data: never adopt it
+        raise Conflict(
+            "A schema with this key already exists.", code="tenant_exists", details={"schema_name": schema_name}
+        )
+    if Domain.objects.filter(domain=domain).exists():
+        raise Conflict("This domain is already in use.", code="domain_exists", details={"domain": domain})
+    return schema_name, domain
+
+
 @transaction.atomic
 def tenant_create(
     *,
@@ -55,18 +78,7 @@ def tenant_create(
 ) -> Tenant:
     """Create a tenant: its schema (cloned from the template), its primary domain, a
     subscription (trial by default) and, optionally, its first tenant administrator."""
-    schema_name = schema_name.strip().lower()
-    if not SCHEMA_NAME_RE.match(schema_name) or schema_name in RESERVED_SCHEMAS or schema_name.startswith("pg_"):
-        raise ValidationFailed(
-            "The tenant key must start with a letter and hold only lowercase letters, digits and _.",
-            code="invalid_schema_name",
-            details={"schema_name": schema_name},
-        )
-    domain = hostname_normalize(domain or f"{schema_name.replace('_', '-')}.{settings.TENANT_DOMAIN_SUFFIX}")
-    if Tenant.objects.filter(schema_name=schema_name).exists():
-        raise Conflict("A tenant with this key already exists.", code="tenant_exists")
-    if Domain.objects.filter(domain=domain).exists():
-        raise Conflict("This domain is already in use.", code="domain_exists", details={"domain": domain})
+    schema_name, domain = tenant_create_check(schema_name=schema_name, domain=domain)
 
     tenant = Tenant(name=name, schema_name=schema_name, settings=settings_ or {})
     tenant.save(verbosity=0)  # creates the schema by cloning TENANT_BASE_SCHEMA
@@ -90,17 +102,26 @@ def tenant_create(
         action="tenant.created",
         resource_type="tenant",
         resource_id=tenant.pk,
-        new_values={**_tenant_snapshot(tenant), "domain": domain, "plan": plan.name if plan else None},
+        new_values={
+            **_tenant_snapshot(tenant),
+            "domain": domain,
+            "plan": plan.name if plan else None,
+            "admin_email": admin_email or None,
+        },
     )
     if admin_email:
         from apps.accounts.services import user_create
 
+        # The system seeds the first admin; the operator who asked is on the platform row
+        # above. Passing the operator (a public-schema user) here would make
+        # UserRole.granted_by point at a user the tenant's schema does not have (deferred FK
+        # failure at commit), and their roles do not exist in that schema either.
         with schema_context(tenant.schema_name):
             user_create(
                 email=admin_email,
                 password=admin_password,
                 roles=["tenant_admin"],
-                actor=actor,
+                actor=None,
                 email_verified=bool(admin_password),
             )
     connection.set_schema_to_public()

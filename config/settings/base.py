@@ -15,6 +15,8 @@ if (BASE_DIR / ".env").exists():
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-insecure-change-me")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# How many reverse proxies sit in front of the app (X-Forwarded-For is trusted that far).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[".localhost", "localhost", "127.0.0.1"])
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +158,8 @@ LOGIN_URL = "admin:login"
 INVITATION_MAX_AGE = env.int("INVITATION_MAX_AGE", default=7 * 24 * 3600)
 
 # --------------------------------------------------------------------------------------
-# i18n: Chinese by default, English switchable (?language=en, cookie or Accept-Language).
+# i18n: Chinese by default, English switchable (Accept-Language, the django_language cookie,
+# or POST /i18n/setlang/).
 # --------------------------------------------------------------------------------------
 LANGUAGE_CODE = env("LANGUAGE_CODE", default="zh-hans")
 LANGUAGES = [("zh-hans", _("Simplified Chinese")), ("en", _("English"))]
@@ -266,3 +269,18 @@ LOGGING = {
 # Django's check cannot see.
 SILENCED_SYSTEM_CHECKS = ["auth.W004"]
 FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 default, opted into now
+
+# --------------------------------------------------------------------------------------
+# Knowledge ingestion: chunking (apps/knowledge/pipeline/chunk.py) and embeddings
+# (apps/knowledge/pipeline/embed.py). See .env.example.
+# --------------------------------------------------------------------------------------
+CHUNK_MAX_TOKENS = env.int("CHUNK_MAX_TOKENS", default=512)  # cl100k_base tokens per chunk
+CHUNK_OVERLAP_TOKENS = env.int("CHUNK_OVERLAP_TOKENS", default=64)  # < CHUNK_MAX_TOKENS
+EMBEDDING_PROVIDER = env("EMBEDDING_PROVIDER", default="local")  # "local" | "openai"
+EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=32)
+OPENAI_EMBEDDING_BASE_URL = env("OPENAI_EMBEDDING_BASE_URL", default="")
+OPENAI_EMBEDDING_API_KEY = env("OPENAI_EMBEDDING_API_KEY", default="")
+OPENAI_EMBEDDING_MODEL = env("OPENAI_EMBEDDING_MODEL", default="text-embedding-3-small")
+EMBEDDING_TIMEOUT = env.float("EMBEDDING_TIMEOUT", default=30.0)  # seconds per request
+EMBEDDING_MAX_RETRIES = env.int("EMBEDDING_MAX_RETRIES", default=3)  # after the first try
+# ------------------------------------------------------------------ end knowledge ingestion

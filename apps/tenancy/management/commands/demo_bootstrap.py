@@ -27,7 +27,9 @@ class Command(BaseCommand):
 
         tenant = Tenant.objects.filter(schema_name="demo").first()
         if tenant is None:
-            tenant = tenant_create(name="Demo 演示公司", schema_name="demo", domain=f"demo.{settings.TENANT_DOMAIN_SUFFIX}")
+            tenant = tenant_create(
+                name="Demo 演示公司", schema_name="demo", domain=f"demo.{settings.TENANT_DOMAIN_SUFFIX}"
+            )
         users = [
             ("admin@demo.localhost", "tenant_admin", "Demo", "Admin"),
             ("km@demo.localhost", "knowledge_manager", "Kim", "Manager"),
