@@ -8,10 +8,8 @@ from apps.tenancy.models import Domain, SubscriptionPlan, Tenant, TenantSubscrip
 
 def hostname_normalize(host: str) -> str:
     host = (host or "").strip().lower()
-    if host.startswith("["):  # IPv6 literal
-        host = host.split("]")[0] + "]"
-    else:
-        host = host.split(":")[0]
+    # Drop the port; an IPv6 literal keeps its brackets.
+    host = host.split("]")[0] + "]" if host.startswith("[") else host.split(":")[0]
     return host.removeprefix("www.").rstrip(".")
 
 
