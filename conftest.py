@@ -9,6 +9,8 @@ or clean up after themselves."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -134,3 +136,22 @@ def api_for():
         return client
 
     return make
+
+
+# --------------------------------------------------------------------------------------
+# Milvus Lite: one real server per test session, started on first use
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> Iterator[str]:
+    """One Milvus Lite server for the session (never paused or killed); yields its URI."""
+    from apps.core.testing import start_milvus
+
+    server = start_milvus(tmp_path_factory.mktemp("milvus"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def milvus_up(settings, milvus_server) -> str:
+    settings.MILVUS_URI = milvus_server
+    return milvus_server
