@@ -155,3 +155,16 @@ def milvus_server(tmp_path_factory) -> Iterator[str]:
 def milvus_up(settings, milvus_server) -> str:
     settings.MILVUS_URI = milvus_server
     return milvus_server
+
+
+# --------------------------------------------------------------------------------------
+# A real Celery worker (on the test database, broker and Milvus Lite server)
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def celery_worker(django_db_setup, milvus_server, tmp_path_factory) -> Iterator[str]:
+    """A ``celery worker`` subprocess for this test module; yields its node name."""
+    from apps.core.testing import start_celery_worker, stop_process
+
+    process, hostname = start_celery_worker(tmp_path_factory.mktemp("celery"), env_extra={"MILVUS_URI": milvus_server})
+    yield hostname
+    stop_process(process, timeout=30)

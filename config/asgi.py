@@ -14,9 +14,11 @@ from django.urls import path  # noqa: E402
 
 from apps.core.consumers import PingConsumer  # noqa: E402
 from apps.core.websocket import TenantWebsocketMiddleware  # noqa: E402
+from apps.knowledge.consumers import DocumentProgressConsumer  # noqa: E402
 
 websocket_urlpatterns = [
     path("ws/ping/", PingConsumer.as_asgi()),
+    path("ws/documents/", DocumentProgressConsumer.as_asgi()),
 ]
 
 application = ProtocolTypeRouter(

@@ -114,3 +114,59 @@ def start_milvus(workdir: Path) -> ServiceProcess:
 
     wait_for(ready, timeout=STARTUP_TIMEOUT, what="Milvus Lite", process=process, log=log)
     return ServiceProcess(process=process, port=port, url=uri)
+
+
+def worker_database_url() -> str:
+    """DATABASE_URL of the test database (pytest-django has switched NAME to it)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_celery_worker(workdir: Path, *, env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A real ``celery worker`` subprocess (solo pool) on the test database and broker;
+    returns (process, node name) once it answers a ping."""
+    import uuid
+
+    from config.celery_app import app
+
+    hostname = f"pytest-{uuid.uuid4().hex[:8]}@localhost"
+    log = workdir / "worker.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": worker_database_url(),
+        **(env_extra or {}),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                "-Q",
+                "celery",
+                "-n",
+                hostname,
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for(
+        lambda: bool(app.control.ping(destination=[hostname], timeout=0.5)),
+        timeout=STARTUP_TIMEOUT,
+        what="Celery worker",
+        process=process,
+        log=log,
+    )
+    return process, hostname

@@ -284,3 +284,24 @@ OPENAI_EMBEDDING_MODEL = env("OPENAI_EMBEDDING_MODEL", default="text-embedding-3
 EMBEDDING_TIMEOUT = env.float("EMBEDDING_TIMEOUT", default=30.0)  # seconds per request
 EMBEDDING_MAX_RETRIES = env.int("EMBEDDING_MAX_RETRIES", default=3)  # after the first try
 # ------------------------------------------------------------------ end knowledge ingestion
+
+# --------------------------------------------------------------------------------------
+# Vector store
+# --------------------------------------------------------------------------------------
+MILVUS_MODE = env("MILVUS_MODE", default="lite")  # lite (partition per tenant) | server (partition key)
+MILVUS_COLLECTION = env("MILVUS_COLLECTION", default="document_vectors")
+MILVUS_TIMEOUT = env.float("MILVUS_TIMEOUT", default=10.0)
+MILVUS_WRITE_LOCK_TIMEOUT = env.int("MILVUS_WRITE_LOCK_TIMEOUT", default=300)
+
+# --------------------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------------------
+DOCUMENT_MAX_SIZE = env.int("DOCUMENT_MAX_SIZE", default=100 * 1024 * 1024)  # bytes
+DOCUMENT_MAX_ATTEMPTS = env.int("DOCUMENT_MAX_ATTEMPTS", default=5)  # tries before a stuck document fails
+DOCUMENT_STALE_AFTER = env.int("DOCUMENT_STALE_AFTER", default=15 * 60)  # seconds without progress
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # non-file form data; files stream to disk
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+CELERY_BEAT_SCHEDULE = {
+    "knowledge-stale-documents": {"task": "knowledge.documents_stale_sweep", "schedule": 300.0},
+}
+DOCUMENT_DEFAULT_LANGUAGE = env("DOCUMENT_DEFAULT_LANGUAGE", default="zh-CN")

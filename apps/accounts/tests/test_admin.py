@@ -14,7 +14,7 @@ from apps.accounts.tests.factories import RoleFactory, UserFactory
 from apps.audit.models import AuditLog
 from conftest import SEED_PASSWORD, SYSTEM_ROLE_NAMES, seed_email
 
-STAFF_ROLES = {"super_admin", "tenant_admin"}  # read access to a model the admin shows
+STAFF_ROLES = {"super_admin", "tenant_admin", "knowledge_manager"}  # read access to a model the admin shows
 
 # perm → the roles that hold it (``<app>.<view|add|change|delete>_<model>`` →
 # ``<model.permission_resource>:<read|write|delete>``; anything unmapped → platform:admin).
@@ -30,12 +30,14 @@ DJANGO_PERMS = {
     "auth.view_group": {"super_admin"},  # no permission_resource → platform:admin
     "accounts.frobnicate_user": {"super_admin"},  # unknown action → platform:admin
     "nosuchapp.view_thing": {"super_admin"},
+    "knowledge.view_document": {"super_admin", "tenant_admin", "knowledge_manager"},  # resource "docs"
+    "knowledge.delete_document": {"super_admin", "tenant_admin", "knowledge_manager"},
 }
 MODULES = {
     "accounts": {"super_admin", "tenant_admin"},
     "audit": {"super_admin", "tenant_admin"},
     "tenancy": {"super_admin"},
-    "knowledge": set(),  # no models yet
+    "knowledge": {"super_admin", "tenant_admin", "knowledge_manager"},
     "nosuchapp": set(),
 }
 
@@ -62,7 +64,9 @@ def test_is_staff_and_is_superuser_follow_roles(acme, seed_user, role):
     with schema_context(acme.schema_name):
         assert user.is_staff is (role in STAFF_ROLES)
         assert user.is_superuser is (role == "super_admin")
-        assert user.has_perms(["accounts.view_user", "audit.view_auditlog"]) is (role in STAFF_ROLES)
+        assert user.has_perms(["accounts.view_user", "audit.view_auditlog"]) is (
+            role in {"super_admin", "tenant_admin"}
+        )
 
 
 def test_a_custom_role_maps_to_exactly_its_admin_perms(acme):
@@ -98,7 +102,17 @@ def test_tenant_admin_logs_in_through_the_admin_login_form(acme, client_for):
     assert "/admin/tenancy/" not in index.content.decode()  # the platform's models are not here
 
 
-@pytest.mark.parametrize("role", ["knowledge_manager", "agent", "user"])
+def test_knowledge_manager_reaches_the_document_admin_only(acme, seed_user, client_for):
+    client = client_for(acme, seed_user(acme, "knowledge_manager"))
+    index = client.get("/admin/")
+    assert index.status_code == 200
+    assert "/admin/knowledge/document/" in index.content.decode()
+    assert "/admin/accounts/user/" not in index.content.decode()
+    assert client.get("/admin/knowledge/document/").status_code == 200
+    assert client.get("/admin/accounts/user/").status_code == 403
+
+
+@pytest.mark.parametrize("role", ["agent", "user"])
 def test_non_staff_roles_cannot_log_in_to_the_admin(acme, client_for, role):
     client = client_for(acme)
     response = client.post(
@@ -110,10 +124,10 @@ def test_non_staff_roles_cannot_log_in_to_the_admin(acme, client_for, role):
         assert _logged_in_user_id(client) is None
 
 
-@pytest.mark.parametrize("role", ["knowledge_manager", "agent", "user"])
+@pytest.mark.parametrize("role", ["agent", "user"])
 def test_non_staff_session_is_redirected_to_the_admin_login(acme, seed_user, client_for, role):
     client = client_for(acme, seed_user(acme, role))  # logged in, but not staff
-    for path in ("/admin/", "/admin/accounts/user/"):
+    for path in ("/admin/", "/admin/accounts/user/", "/admin/knowledge/document/"):
         response = client.get(path)
         assert response.status_code == 302, path
         assert response["Location"].startswith("/admin/login/"), path

@@ -8,9 +8,7 @@ keys and their audit rows) is removed afterwards."""
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -21,13 +19,10 @@ from django.test.utils import override_settings
 from django_tenants.utils import schema_context
 
 from apps.core.testing import (
-    BASE_DIR,
     STARTUP_TIMEOUT,
-    VENV_BIN,
     ServiceProcess,
     free_port,
     start_milvus,
-    stop_process,
     wait_for,
 )
 from conftest import SEED_PASSWORD, seed_email
@@ -132,59 +127,6 @@ def cache_location(url: str) -> Iterator[None]:
         pool = ConnectionFactory._pools.pop(url, None)
         if pool is not None:
             pool.disconnect()
-
-
-# --------------------------------------------------------------------------------------
-# Celery worker
-# --------------------------------------------------------------------------------------
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict  # pytest-django has switched NAME to the test database
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-@pytest.fixture(scope="module")
-def celery_worker(django_db_setup, tmp_path_factory) -> Iterator[str]:
-    """A real ``celery worker`` subprocess on the test database and the test broker; yields
-    its node name once it answers a ping."""
-    from config.celery_app import app
-
-    hostname = f"pytest-{uuid.uuid4().hex[:8]}@localhost"
-    log = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", DATABASE_URL=_database_url())
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(VENV_BIN / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "--pool=solo",
-                "--concurrency=1",
-                "-Q",
-                "celery",
-                "-n",
-                hostname,
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for(
-        lambda: bool(app.control.ping(destination=[hostname], timeout=0.5)),
-        timeout=STARTUP_TIMEOUT,
-        what="Celery worker",
-        process=process,
-        log=log,
-    )
-    yield hostname
-    stop_process(process, timeout=30)
 
 
 # --------------------------------------------------------------------------------------

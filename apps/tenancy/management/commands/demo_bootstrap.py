@@ -46,6 +46,7 @@ class Command(BaseCommand):
                         last_name=last,
                         email_verified=True,
                     )
+        documents = self._demo_documents(tenant)
         port = options["port"]
         domain = tenant.get_primary_domain().domain
         self.stdout.write(
@@ -57,4 +58,25 @@ class Command(BaseCommand):
             + f"      agent              agent@demo.localhost / {password}\n"
             + f"  API docs:        http://{domain}:{port}/api/docs/\n"
             + f"  Health:          http://{domain}:{port}/healthz\n"
+            + f"  Sample documents ({documents} queued or indexed): http://{domain}:{port}/admin/knowledge/document/\n"
         )
+
+    def _demo_documents(self, tenant) -> int:
+        """Upload the bundled sample documents (idempotent: same bytes are recognised as
+        duplicates); the Celery worker indexes them."""
+        from pathlib import Path
+
+        from django.core.files import File
+
+        from apps.knowledge.services import document_upload
+
+        folder = Path(__file__).resolve().parents[3] / "knowledge" / "demo_documents"
+        count = 0
+        with schema_context(tenant.schema_name):
+            for path in sorted(folder.iterdir()):
+                with path.open("rb") as handle:
+                    document_upload(
+                        actor=None, file=File(handle, name=path.name), original_name=path.name, category="demo"
+                    )
+                count += 1
+        return count
