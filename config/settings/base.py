@@ -71,6 +71,7 @@ DEFAULT_PLAN = env("DEFAULT_PLAN", default="starter")
 MIDDLEWARE = [
     "apps.core.middleware.RequestContextMiddleware",
     "apps.core.middleware.HealthCheckMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files on any host, before tenant lookup
     "apps.tenancy.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
