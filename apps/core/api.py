@@ -34,3 +34,21 @@ class HasPermission(BasePermission):
         else:
             perm = required
         return user_has_permission(user, perm)
+
+
+class HasAnyPermission(BasePermission):
+    """``HasAnyPermission.of("docs:read", "conversations:search")``: any one suffices."""
+
+    required: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, *permissions: str) -> type[HasAnyPermission]:
+        return type("HasAnyPermission", (cls,), {"required": permissions})
+
+    def has_permission(self, request, view) -> bool:
+        from apps.accounts.permissions import user_has_permission
+
+        user = request.user
+        if not user or not user.is_authenticated:
+            return False
+        return any(user_has_permission(user, perm) for perm in self.required)

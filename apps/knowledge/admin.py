@@ -40,6 +40,21 @@ class UploadForm(forms.Form):
     tags = forms.CharField(label=_("tags"), required=False, help_text=_("comma-separated"))
 
 
+class HitTestForm(forms.Form):
+    query = forms.CharField(label=_("question"), max_length=2000, widget=forms.TextInput(attrs={"size": 80}))
+    mode = forms.ChoiceField(
+        label=_("mode"), choices=[("hybrid", "hybrid"), ("dense", "dense"), ("bm25", "bm25")], initial="hybrid"
+    )
+    top_k = forms.IntegerField(label=_("results"), min_value=1, max_value=50, initial=5)
+    category = forms.CharField(label=_("category"), max_length=100, required=False)
+    tags = forms.CharField(label=_("tags"), required=False, help_text=_("comma-separated, any of"))
+    file_type = forms.ChoiceField(
+        label=_("type"),
+        required=False,
+        choices=[("", "—")] + [(t, t) for t in ("pdf", "docx", "xlsx", "pptx", "html", "md", "txt", "csv")],
+    )
+
+
 class ProcessingLogInline(admin.TabularInline):
     model = DocumentProcessingLog
     extra = 0
@@ -156,6 +171,12 @@ class DocumentAdmin(admin.ModelAdmin):
         return [
             path("upload/", self.admin_site.admin_view(self.upload_view), name="knowledge_document_upload"),
             path("progress/", self.admin_site.admin_view(self.progress_view), name="knowledge_document_progress"),
+            path("hit-test/", self.admin_site.admin_view(self.hit_test_view), name="knowledge_document_hit_test"),
+            path(
+                "<uuid:document_id>/file/",
+                self.admin_site.admin_view(self.file_view),
+                name="knowledge_document_file",
+            ),
             *super().get_urls(),
         ]
 
@@ -197,6 +218,59 @@ class DocumentAdmin(admin.ModelAdmin):
             "title": _("Upload documents"),
         }
         return render(request, "admin/knowledge/document/upload.html", context)
+
+    def hit_test_view(self, request: HttpRequest):
+        """Type a question, see what retrieval returns (ranked chunks with their scores)."""
+        if not self.has_view_permission(request):
+            return self._denied(request)
+        from apps.knowledge.search import chunk_search
+
+        form = HitTestForm(request.GET or None)
+        result, error = None, None
+        if form.is_bound and form.is_valid():
+            data = form.cleaned_data
+            filters = {
+                "category": data["category"] or None,
+                "tags": [t.strip() for t in data["tags"].split(",") if t.strip()],
+                "file_type": data["file_type"] or None,
+            }
+            try:
+                result = chunk_search(
+                    tenant=request.tenant,
+                    query=data["query"],
+                    top_k=data["top_k"],
+                    mode=data["mode"],
+                    filters={k: v for k, v in filters.items() if v},
+                    use_cache=False,
+                    user_id=request.user.pk,
+                )
+            except ApplicationError as exc:
+                error = exc.message
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "result": result,
+            "error": error,
+            "title": _("Hit testing"),
+        }
+        return render(request, "admin/knowledge/document/hit_test.html", context)
+
+    def file_view(self, request: HttpRequest, document_id):
+        """The original file (PDFs open at ``#page=N`` from search results and citations)."""
+        from django.http import FileResponse, Http404
+
+        if not self.has_view_permission(request):
+            return self._denied(request)
+        document = selectors.document_get(document_id=document_id)
+        if document is None or document.status == Document.Status.DELETED:
+            raise Http404
+        return FileResponse(
+            document.file.open("rb"),
+            filename=document.original_name,
+            as_attachment=False,
+            content_type=document.mime_type or None,
+        )
 
     def progress_view(self, request: HttpRequest):
         """Polling fallback for the live progress bars: ?id=<uuid>&id=..."""
@@ -248,6 +322,7 @@ class DocumentAdmin(admin.ModelAdmin):
         extra_context = {
             **(extra_context or {}),
             "upload_url": reverse("admin:knowledge_document_upload"),
+            "hit_test_url": reverse("admin:knowledge_document_hit_test"),
             "progress_url": reverse("admin:knowledge_document_progress"),
         }
         return super().changelist_view(request, extra_context=extra_context)

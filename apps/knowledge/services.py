@@ -126,6 +126,7 @@ def document_upload(
     * Empty, oversize and unsupported files are refused with a clear error."""
     from apps.knowledge.pipeline.extract import sniff
 
+    started = time.perf_counter()
     original_name = os.path.basename(original_name or getattr(file, "name", "") or "document")[:500]
     with _spooled(file) as (path, content_hash, size):
         if size == 0:
@@ -136,6 +137,10 @@ def document_upload(
             if exc.code == "empty":
                 raise ValidationFailed(
                     "The file is empty.", code="empty_file", details={"file": original_name}
+                ) from exc
+            if exc.code != "unsupported_type":  # a supported type that cannot be read: encrypted, corrupt
+                raise ValidationFailed(
+                    f"{original_name}: {exc.message}", code=exc.code, details={"file": original_name}
                 ) from exc
             raise UnsupportedFileType(
                 f"{original_name}: {exc.message}",
@@ -180,13 +185,21 @@ def document_upload(
         with path.open("rb") as handle:
             document.file.save(original_name, File(handle), save=False)
         document.save()
-    DocumentProcessingLog.objects.create(
+    log = DocumentProcessingLog.objects.create(
         document=document,
         stage="upload",
         status=DocumentProcessingLog.Status.COMPLETED,
-        details={"bytes": size, "file_type": file_type, "mime_type": mime_type, "version": document.version},
-        completed_at=timezone.now(),
+        details={
+            "bytes": size,
+            "file_type": file_type,
+            "mime_type": mime_type,
+            "version": document.version,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
     )
+    # started_at is stamped by the INSERT (auto_now_add): a completed_at passed to that same
+    # INSERT was taken earlier and came out before started_at.
+    DocumentProcessingLog.objects.filter(pk=log.pk).update(completed_at=timezone.now())
     audit_log_record(
         actor=actor,
         action="document.uploaded",
@@ -210,6 +223,21 @@ def document_upload(
     )
     _enqueue_on_commit(document)
     return UploadResult(document=document, duplicate=False)
+
+
+def _search_cache_invalidate_on_commit() -> None:
+    """Cached searches of this tenant must not outlive the documents they came from."""
+    schema = connection.schema_name
+
+    def bump() -> None:
+        from django_tenants.utils import schema_context
+
+        from apps.knowledge.search import knowledge_version_bump
+
+        with schema_context(schema):
+            knowledge_version_bump()
+
+    transaction.on_commit(bump)
 
 
 def _enqueue_on_commit(document: Document) -> None:
@@ -243,6 +271,7 @@ def document_update(*, document: Document, actor: Any, **fields: Any) -> Documen
     document.save(update_fields=[*fields, "updated_at"])
     changed = {k: getattr(document, k) for k in fields if old[k] != getattr(document, k)}
     if changed:
+        _search_cache_invalidate_on_commit()
         audit_log_record(
             actor=actor,
             action="document.updated",
@@ -281,7 +310,8 @@ def document_delete(*, document: Document, actor: Any) -> Document:
         new_values={"status": Document.Status.DELETED},
     )
     _vectors_delete_on_commit(document_id=str(document.pk))
-    _progress_push(document)
+    _search_cache_invalidate_on_commit()
+    transaction.on_commit(lambda: _progress_push(document))  # not for a delete that rolls back
     return document
 
 
@@ -567,6 +597,7 @@ def _document_swap_in(*, document: Document, chunks: list) -> Document | None:
                 resource_id=replaced.pk,
                 new_values={"replaced_by": str(document.pk), "version": document.version},
             )
+    _search_cache_invalidate_on_commit()
     usage_record(
         usage_type="document_processing",
         quantity=1,

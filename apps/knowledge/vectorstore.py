@@ -20,6 +20,7 @@ search needs no second index and no reindex later.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,78 @@ from django.conf import settings
 from apps.knowledge.pipeline.types import PipelineError
 
 CONTENT_MAX_BYTES = 65535
+# BM25 analyzer: jieba for Chinese (and whitespace-separated latin), lower-cased, with the
+# commonest function words dropped so "how do I ..." does not match everything.
+BM25_STOP_WORDS = [
+    "a",
+    "an",
+    "and",
+    "are",
+    "as",
+    "at",
+    "be",
+    "by",
+    "can",
+    "do",
+    "does",
+    "for",
+    "from",
+    "how",
+    "i",
+    "in",
+    "is",
+    "it",
+    "my",
+    "of",
+    "on",
+    "or",
+    "the",
+    "to",
+    "what",
+    "when",
+    "where",
+    "which",
+    "who",
+    "why",
+    "will",
+    "with",
+    "you",
+    "your",
+    "的",
+    "了",
+    "是",
+    "在",
+    "和",
+    "与",
+    "或",
+    "吗",
+    "呢",
+    "吧",
+    "啊",
+    "我",
+    "你",
+    "他",
+    "她",
+    "它",
+    "们",
+    "这",
+    "那",
+    "有",
+    "个",
+    "及",
+    "之",
+    "为",
+    "把",
+    "被",
+    "让",
+    "什么",
+    "怎么",
+    "如何",
+]
+ANALYZER_PARAMS = {
+    "tokenizer": "jieba",
+    "filter": ["lowercase", {"type": "stop", "stop_words": BM25_STOP_WORDS}],
+}
 _client_lock = threading.Lock()
 _clients: dict[str, Any] = {}
 _ready: set[tuple[str, str]] = set()
@@ -66,7 +139,8 @@ def _client():
     with _client_lock:
         client = _clients.get(uri)
         if client is None:
-            client = MilvusClient(uri=uri, token=settings.MILVUS_TOKEN, timeout=settings.MILVUS_TIMEOUT)
+            with _milvus_errors():  # the constructor connects: a server that is down is transient
+                client = MilvusClient(uri=uri, token=settings.MILVUS_TOKEN, timeout=settings.MILVUS_TIMEOUT)
             _clients[uri] = client
         return client
 
@@ -135,7 +209,7 @@ def _schema(dimension: int):
         DataType.VARCHAR,
         max_length=CONTENT_MAX_BYTES,
         enable_analyzer=True,
-        analyzer_params={"tokenizer": "jieba"},
+        analyzer_params=ANALYZER_PARAMS,
     )
     schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
     schema.add_field("metadata", DataType.JSON)
@@ -223,7 +297,7 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
             "document_id": r.document_id,
             "chunk_id": r.chunk_id,
             "vector": r.vector,
-            "content": _content_fit(r.content),
+            "content": _content_fit(text_normalize(r.content)),
             "metadata": r.metadata,
         }
         for r in rows
@@ -303,3 +377,93 @@ def vectors_delete_ids(*, tenant_key: str, ids: list[str]) -> None:
             for start in range(0, len(ids), 1000):
                 expr = _tenant_filter(tenant_key, f"id in {json.dumps(ids[start : start + 1000])}")
                 client.delete(name, filter=expr, **kwargs)
+
+
+def text_normalize(text: str) -> str:
+    """What BM25 sees, for chunks and queries alike: Traditional Chinese folded to
+    Simplified (OpenCC t2s), so either script finds the other's documents."""
+    return _t2s().convert(text)
+
+
+@functools.cache
+def jieba_tokenizer():
+    """jieba's tokenizer, loaded once and quietly (it logs at DEBUG on first use)."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    tokenizer = jieba.Tokenizer()
+    tokenizer.initialize()
+    return tokenizer
+
+
+@functools.cache
+def _t2s():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    id: str
+    document_id: str
+    score: float
+
+
+def _search(
+    *, tenant_key: str, data: list, anns_field: str, limit: int, document_ids: list[str] | None, params: dict
+) -> list[VectorHit]:
+    name = settings.MILVUS_COLLECTION
+    client = _client()
+    with _milvus_errors():
+        if not client.has_collection(name):
+            return []
+        extra = f"document_id in {json.dumps(document_ids)}" if document_ids else ""
+        partition = _partition_ensure(client, name, tenant_key)
+        kwargs = {"partition_names": [partition]} if partition else {}
+        result = client.search(
+            name,
+            data=data,
+            anns_field=anns_field,
+            limit=limit,
+            filter=_tenant_filter(tenant_key, extra),  # always, partition or not
+            output_fields=["document_id"],
+            search_params=params,
+            **kwargs,
+        )
+    hits = result[0] if result else []
+    return [
+        VectorHit(id=str(h["id"]), document_id=h["entity"]["document_id"], score=float(h["distance"])) for h in hits
+    ]
+
+
+def vectors_search_dense(
+    *, tenant_key: str, vector: list[float], limit: int, document_ids: list[str] | None = None
+) -> list[VectorHit]:
+    """Nearest chunks by cosine similarity (higher is closer)."""
+    params = {"metric_type": "COSINE"} if is_lite() else {"metric_type": "COSINE", "params": {"ef": max(64, limit)}}
+    return _search(
+        tenant_key=tenant_key,
+        data=[vector],
+        anns_field="vector",
+        limit=limit,
+        document_ids=document_ids,
+        params=params,
+    )
+
+
+def vectors_search_bm25(
+    *, tenant_key: str, text: str, limit: int, document_ids: list[str] | None = None
+) -> list[VectorHit]:
+    """Chunks by BM25 over the jieba-analysed content. Scores are only comparable within one
+    result list (Lite's are negative): use the ranks, never a threshold on the score."""
+    return _search(
+        tenant_key=tenant_key,
+        data=[text_normalize(text)],
+        anns_field="sparse",
+        limit=limit,
+        document_ids=document_ids,
+        params={"metric_type": "BM25"},
+    )

@@ -306,3 +306,4 @@ CELERY_BEAT_SCHEDULE = {
     "knowledge-stale-documents": {"task": "knowledge.documents_stale_sweep", "schedule": 300.0},
 }
 DOCUMENT_DEFAULT_LANGUAGE = env("DOCUMENT_DEFAULT_LANGUAGE", default="zh-CN")
+SEARCH_CACHE_TTL = env.int("SEARCH_CACHE_TTL", default=300)  # seconds (seed: search:{hash} TTL 300)

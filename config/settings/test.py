@@ -24,3 +24,4 @@ import os  # noqa: E402
 DATABASES["default"]["TEST"] = {  # noqa: F405
     "NAME": env("TEST_DATABASE_NAME", default=f"test_zhida_{os.getpid()}")
 }
+STATIC_ROOT = None  # tests serve no collected static files (and WhiteNoise then stays quiet)

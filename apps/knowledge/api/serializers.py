@@ -82,3 +82,48 @@ class ChunkOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = DocumentChunk
         fields = ["id", "chunk_index", "content", "metadata", "token_count", "char_count", "word_count"]
+
+
+class SearchFiltersSerializer(serializers.Serializer):
+    category = serializers.CharField(max_length=100, required=False)
+    tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
+    tags_mode = serializers.ChoiceField(choices=["any", "all"], required=False)
+    document_ids = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=1000)
+    language = serializers.CharField(max_length=10, required=False)
+    file_type = serializers.ChoiceField(
+        choices=["pdf", "docx", "xlsx", "pptx", "html", "md", "txt", "csv"], required=False
+    )
+
+
+class SearchInputSerializer(serializers.Serializer):
+    query = serializers.CharField(trim_whitespace=True, allow_blank=True)
+    top_k = serializers.IntegerField(min_value=1, max_value=50, default=5)
+    mode = serializers.ChoiceField(choices=["hybrid", "dense", "bm25"], default="hybrid")
+    filters = SearchFiltersSerializer(required=False)
+
+
+class SearchHitSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    chunk_id = serializers.UUIDField()
+    document_id = serializers.UUIDField()
+    document_title = serializers.CharField()
+    original_name = serializers.CharField()
+    file_type = serializers.CharField()
+    page = serializers.IntegerField(allow_null=True)
+    section = serializers.ListField(child=serializers.CharField())
+    content = serializers.CharField()
+    highlighted = serializers.CharField(help_text="HTML-escaped content with matched terms in <mark>.")
+    score = serializers.FloatField(help_text="Fused (RRF) score: an ordering, not a probability.")
+    dense_score = serializers.FloatField(allow_null=True, help_text="Cosine similarity with the query.")
+    dense_rank = serializers.IntegerField(allow_null=True)
+    bm25_rank = serializers.IntegerField(allow_null=True)
+    metadata = serializers.DictField()
+
+
+class SearchOutputSerializer(serializers.Serializer):
+    query = serializers.CharField()
+    mode = serializers.CharField()
+    top_k = serializers.IntegerField()
+    cached = serializers.BooleanField()
+    timings = serializers.DictField(child=serializers.FloatField())
+    hits = SearchHitSerializer(many=True)

@@ -9,10 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.api.views import PaginatedAPIView, _paginate
-from apps.core.api import HasPermission
+from apps.core.api import HasAnyPermission, HasPermission
 from apps.core.exceptions import ApplicationError, NotFound, error_body
 from apps.knowledge import selectors, services
 from apps.knowledge.api import serializers as s
+from apps.knowledge.search import chunk_search
 
 
 def _document_or_404(document_id, *, include_deleted: bool = False):
@@ -131,3 +132,24 @@ class DocumentChunksView(PaginatedAPIView):
     def get(self, request, document_id):
         document = _document_or_404(document_id)
         return _paginate(self, request, selectors.document_chunks(document=document), s.ChunkOutputSerializer)
+
+
+class SearchView(APIView):
+    """Hybrid (dense + BM25) search over the tenant's indexed documents."""
+
+    permission_classes = [HasAnyPermission.of("docs:read", "conversations:search")]
+
+    @extend_schema(request=s.SearchInputSerializer, responses=s.SearchOutputSerializer)
+    def post(self, request):
+        data = s.SearchInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        result = chunk_search(
+            tenant=request.tenant,
+            query=v["query"],
+            top_k=v["top_k"],
+            mode=v["mode"],
+            filters=v.get("filters") or {},
+            user_id=getattr(request.user, "pk", None) if hasattr(request.user, "email") else None,
+        )
+        return Response(s.SearchOutputSerializer(result.as_dict()).data)

@@ -1,0 +1,346 @@
+"""``chunk_search``: the one way to retrieve passages (API, admin hit-testing, chat).
+
+Modes: ``dense`` (query embedding, cosine), ``bm25`` (Milvus BM25 over jieba tokens) and
+``hybrid`` (both, fused with weighted reciprocal-rank fusion). Tenant isolation is enforced
+here — the tenant's partition *and* a tenant_id filter in Milvus, then a join back to this
+tenant's schema — never by the caller. Results are cached in Redis per tenant, keyed by a
+knowledge version that every document change bumps."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django_tenants.utils import schema_context
+
+from apps.core.exceptions import ValidationFailed
+from apps.knowledge.models import Document, DocumentChunk
+from apps.knowledge.vectorstore import BM25_STOP_WORDS
+
+MODES = ("dense", "bm25", "hybrid")
+MAX_QUERY_CHARS = 2000
+MAX_TOP_K = 50
+DEFAULT_SEARCH_SETTINGS = {"rrf_k": 60, "dense_weight": 1.0, "bm25_weight": 1.0, "candidates": 4}
+VERSION_KEY = "knowledge:version"
+NEAR_DUPLICATE_JACCARD = 0.85
+
+
+@dataclass
+class SearchFilters:
+    category: str | None = None
+    tags: list[str] = field(default_factory=list)
+    tags_mode: str = "any"  # any | all
+    document_ids: list[str] = field(default_factory=list)
+    language: str | None = None
+    file_type: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> SearchFilters:
+        data = dict(data or {})
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValidationFailed("Unknown filter.", code="invalid_filter", details={"filters": sorted(unknown)})
+        if data.get("tags_mode", "any") not in ("any", "all"):
+            raise ValidationFailed("tags_mode is 'any' or 'all'.", code="invalid_filter")
+        data["document_ids"] = [str(d) for d in data.get("document_ids") or []]
+        data["tags"] = [str(t) for t in data.get("tags") or []]
+        return cls(**data)
+
+    def is_empty(self) -> bool:
+        return not (self.category or self.tags or self.document_ids or self.language or self.file_type)
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    chunk_id: str
+    document_id: str
+    document_title: str
+    original_name: str
+    file_type: str
+    page: int | None
+    section: list[str]
+    content: str
+    highlighted: str
+    score: float  # fused score (RRF); only meaningful as an ordering
+    dense_score: float | None  # cosine similarity with the query, when dense ran and found it
+    dense_rank: int | None
+    bm25_rank: int | None
+    metadata: dict[str, Any]
+
+
+@dataclass
+class SearchResult:
+    query: str
+    mode: str
+    top_k: int
+    hits: list[SearchHit]
+    timings: dict[str, float]
+    cached: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def knowledge_version() -> int:
+    """The current tenant's knowledge version (part of every search cache key)."""
+    version = cache.get(VERSION_KEY)
+    if version is None:
+        version = int(time.time() * 1000)
+        cache.add(VERSION_KEY, version, timeout=None)
+        version = cache.get(VERSION_KEY, version)
+    return int(version)
+
+
+def knowledge_version_bump() -> None:
+    """Invalidate every cached search of the current tenant (a document changed)."""
+    try:
+        cache.incr(VERSION_KEY)
+    except ValueError:
+        cache.set(VERSION_KEY, int(time.time() * 1000), timeout=None)
+
+
+def _search_settings() -> dict:
+    tenant = getattr(connection, "tenant", None)
+    custom = (getattr(tenant, "settings", None) or {}).get("search", {}) if tenant is not None else {}
+    return {**DEFAULT_SEARCH_SETTINGS, **{k: v for k, v in custom.items() if k in DEFAULT_SEARCH_SETTINGS}}
+
+
+def _validate(query: str, top_k: int, mode: str) -> str:
+    query = (query or "").strip()
+    if not query:
+        raise ValidationFailed("The query is empty.", code="empty_query")
+    if len(query) > MAX_QUERY_CHARS:
+        raise ValidationFailed(
+            f"The query is longer than {MAX_QUERY_CHARS} characters.",
+            code="query_too_long",
+            details={"max_chars": MAX_QUERY_CHARS},
+        )
+    if mode not in MODES:
+        raise ValidationFailed("Unknown search mode.", code="invalid_mode", details={"modes": list(MODES)})
+    if not 1 <= int(top_k) <= MAX_TOP_K:
+        raise ValidationFailed(f"top_k is between 1 and {MAX_TOP_K}.", code="invalid_top_k")
+    return query
+
+
+def _allowed_documents(filters: SearchFilters) -> list[str] | None:
+    """None: no document filter. Otherwise the ids of indexed documents that match."""
+    if filters.is_empty():
+        return None
+    qs = Document.objects.filter(status=Document.Status.INDEXED)
+    if filters.category:
+        qs = qs.filter(category=filters.category)
+    if filters.tags:
+        qs = (
+            qs.filter(tags__contains=filters.tags)
+            if filters.tags_mode == "all"
+            else qs.filter(tags__overlap=filters.tags)
+        )
+    if filters.document_ids:
+        qs = qs.filter(pk__in=filters.document_ids)
+    if filters.language:
+        qs = qs.filter(language=filters.language)
+    if filters.file_type:
+        qs = qs.filter(file_type=filters.file_type)
+    return [str(pk) for pk in qs.values_list("pk", flat=True)]
+
+
+STOPWORDS = frozenset([*BM25_STOP_WORDS, *["多少", "几", "哪", "哪些", "可以", "能", "要", "请", "问"]])
+
+
+def _query_terms(query: str) -> list[str]:
+    """The query's meaningful terms (jieba, both scripts), longest first, for highlighting."""
+    from apps.knowledge.vectorstore import jieba_tokenizer, text_normalize
+
+    terms = set()
+    for variant in {query, text_normalize(query)}:
+        for token in jieba_tokenizer().cut_for_search(variant):
+            token = token.strip().lower()
+            if not token or token in STOPWORDS or re.fullmatch(r"[\W_]+", token):
+                continue
+            if len(token) < 2:
+                continue
+            terms.add(token)
+    return sorted(terms, key=len, reverse=True)
+
+
+def highlight(text: str, terms: list[str]) -> str:
+    """HTML-escaped text with the query's terms wrapped in <mark> (latin terms on word
+    boundaries, so "to" does not light up "restore")."""
+    escaped = html.escape(text)
+    if not terms:
+        return escaped
+    parts = [rf"\b{re.escape(html.escape(t))}\b" if t.isascii() else re.escape(t) for t in terms]
+    pattern = re.compile("|".join(parts), re.IGNORECASE)
+    return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", escaped)
+
+
+def _shingles(text: str) -> set[str]:
+    norm = re.sub(r"\s+", "", text.lower())
+    return {norm[i : i + 5] for i in range(max(1, len(norm) - 4))}
+
+
+def _near_duplicate(a: set[str], b: set[str]) -> bool:
+    if not a or not b:
+        return False
+    return len(a & b) / len(a | b) >= NEAR_DUPLICATE_JACCARD
+
+
+def _cache_key(query: str, top_k: int, filters: SearchFilters, mode: str) -> str:
+    payload = json.dumps(
+        {"q": query, "k": top_k, "f": asdict(filters), "m": mode, "v": knowledge_version(), "s": _search_settings()},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return "search:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def chunk_search(
+    *,
+    tenant: Any,
+    query: str,
+    top_k: int = 5,
+    filters: SearchFilters | dict | None = None,
+    mode: str = "hybrid",
+    use_cache: bool = True,
+    user_id: Any = None,
+) -> SearchResult:
+    """Search the tenant's indexed chunks. See the module docstring."""
+    if connection.schema_name != tenant.schema_name:
+        with schema_context(tenant.schema_name):
+            return chunk_search(
+                tenant=tenant,
+                query=query,
+                top_k=top_k,
+                filters=filters,
+                mode=mode,
+                use_cache=use_cache,
+                user_id=user_id,
+            )
+    started = time.perf_counter()
+    query = _validate(query, top_k, mode)
+    filters = filters if isinstance(filters, SearchFilters) else SearchFilters.from_dict(filters)
+    key = _cache_key(query, top_k, filters, mode) if use_cache else None
+    if key:
+        cached = cache.get(key)
+        if cached is not None:
+            result = SearchResult(**{**cached, "hits": [SearchHit(**h) for h in cached["hits"]]})
+            result.cached = True
+            result.timings = {"total_ms": round((time.perf_counter() - started) * 1000, 2)}
+            _record_usage(mode=mode, hits=len(result.hits), cached=True, user_id=user_id)
+            return result
+
+    result = _search_uncached(tenant=tenant, query=query, top_k=top_k, filters=filters, mode=mode, started=started)
+    if key:
+        cache.set(key, result.as_dict(), timeout=settings.SEARCH_CACHE_TTL)
+    _record_usage(mode=mode, hits=len(result.hits), cached=False, user_id=user_id)
+    return result
+
+
+def _record_usage(*, mode: str, hits: int, cached: bool, user_id: Any) -> None:
+    from apps.billing.services import usage_record
+
+    usage_record(
+        usage_type="vector_search",
+        quantity=1,
+        unit="count",
+        user_id=user_id,
+        metadata={"mode": mode, "hits": hits, "cached": cached},
+    )
+
+
+def _search_uncached(
+    *, tenant: Any, query: str, top_k: int, filters: SearchFilters, mode: str, started: float
+) -> SearchResult:
+    from apps.knowledge.pipeline.embed import get_embedder
+    from apps.knowledge.services import tenant_key
+    from apps.knowledge.vectorstore import text_normalize, vectors_search_bm25, vectors_search_dense
+
+    conf = _search_settings()
+    timings = {"embed_ms": 0.0, "milvus_ms": 0.0}
+    allowed = _allowed_documents(filters)
+    if allowed is not None and not allowed:
+        return SearchResult(query=query, mode=mode, top_k=top_k, hits=[], timings=_finish(timings, started))
+    key = tenant_key()
+    candidates = max(top_k * int(conf["candidates"]), 20)
+    dense_hits, bm25_hits = [], []
+    if mode in ("dense", "hybrid"):
+        t = time.perf_counter()
+        vector = get_embedder().embed([text_normalize(query)])[0]
+        timings["embed_ms"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        dense_hits = vectors_search_dense(tenant_key=key, vector=vector, limit=candidates, document_ids=allowed)
+        timings["milvus_ms"] += (time.perf_counter() - t) * 1000
+    if mode in ("bm25", "hybrid"):
+        t = time.perf_counter()
+        bm25_hits = vectors_search_bm25(tenant_key=key, text=query, limit=candidates, document_ids=allowed)
+        timings["milvus_ms"] += (time.perf_counter() - t) * 1000
+
+    # Weighted reciprocal-rank fusion (ranks only: BM25 scores are not comparable).
+    fused: dict[str, float] = {}
+    dense_rank = {h.id: i + 1 for i, h in enumerate(dense_hits)}
+    dense_score = {h.id: h.score for h in dense_hits}
+    bm25_rank = {h.id: i + 1 for i, h in enumerate(bm25_hits)}
+    k = float(conf["rrf_k"])
+    for ranks, weight in ((dense_rank, float(conf["dense_weight"])), (bm25_rank, float(conf["bm25_weight"]))):
+        for chunk_id, rank in ranks.items():
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (k + rank)
+    order = sorted(fused, key=lambda cid: (-fused[cid], dense_rank.get(cid, 10**9)))
+
+    # Back to this tenant's schema: only chunks of indexed documents count (a superseded
+    # version's vectors may linger for a moment after its replacement went live).
+    chunks = {
+        str(c.pk): c
+        for c in DocumentChunk.objects.select_related("document").filter(
+            pk__in=order, document__status=Document.Status.INDEXED
+        )
+    }
+    terms = _query_terms(query)
+    hits: list[SearchHit] = []
+    kept: list[tuple[str, set[str]]] = []
+    for chunk_id in order:
+        chunk = chunks.get(chunk_id)
+        if chunk is None:
+            continue
+        shingles = _shingles(chunk.content)
+        if any(h == chunk.content_hash or _near_duplicate(shingles, s) for h, s in kept):
+            continue
+        kept.append((chunk.content_hash, shingles))
+        meta = chunk.metadata or {}
+        hits.append(
+            SearchHit(
+                rank=len(hits) + 1,
+                chunk_id=chunk_id,
+                document_id=str(chunk.document_id),
+                document_title=chunk.document.title or chunk.document.original_name,
+                original_name=chunk.document.original_name,
+                file_type=chunk.document.file_type,
+                page=meta.get("page") or meta.get("slide"),
+                section=list(meta.get("heading_path") or []),
+                content=chunk.content,
+                highlighted=highlight(chunk.content, terms),
+                score=round(fused[chunk_id], 6),
+                dense_score=round(dense_score[chunk_id], 4) if chunk_id in dense_score else None,
+                dense_rank=dense_rank.get(chunk_id),
+                bm25_rank=bm25_rank.get(chunk_id),
+                metadata=meta,
+            )
+        )
+        if len(hits) >= top_k:
+            break
+    return SearchResult(query=query, mode=mode, top_k=top_k, hits=hits, timings=_finish(timings, started))
+
+
+def _finish(timings: dict[str, float], started: float) -> dict[str, float]:
+    total = (time.perf_counter() - started) * 1000
+    timings["total_ms"] = total
+    timings["overhead_ms"] = max(0.0, total - timings["embed_ms"] - timings["milvus_ms"])
+    return {k: round(v, 2) for k, v in timings.items()}
