@@ -112,12 +112,17 @@ def user_has_django_perm(user: Any, perm: str) -> bool:
 
 
 def _admin_resources(app_label: str | None = None) -> set[str]:
-    configs = [django_apps.get_app_config(app_label)] if app_label else django_apps.get_app_configs()
+    """Resources of the models the admin sites actually show (a model with a
+    ``permission_resource`` but no admin page does not make anyone staff)."""
+    from apps.core.admin_sites import platform_admin_site, tenant_admin_site
+
+    if app_label:
+        django_apps.get_app_config(app_label)  # LookupError for an unknown app
+    models = {*platform_admin_site._registry, *tenant_admin_site._registry}
     return {
         model.permission_resource
-        for config in configs
-        for model in config.get_models()
-        if getattr(model, "permission_resource", None)
+        for model in models
+        if getattr(model, "permission_resource", None) and (app_label is None or model._meta.app_label == app_label)
     }
 
 

@@ -307,3 +307,28 @@ CELERY_BEAT_SCHEDULE = {
 }
 DOCUMENT_DEFAULT_LANGUAGE = env("DOCUMENT_DEFAULT_LANGUAGE", default="zh-CN")
 SEARCH_CACHE_TTL = env.int("SEARCH_CACHE_TTL", default=300)  # seconds (seed: search:{hash} TTL 300)
+
+# --------------------------------------------------------------------------------------
+# Answering
+# --------------------------------------------------------------------------------------
+# Cosine similarity (query vs passage, local USE model) a top hit must reach for the
+# assistant to answer; below it the assistant says the knowledge base does not cover the
+# question. Calibrated on the eval sets (bench/README.md); re-calibrate for another embedder.
+ANSWER_MIN_SIMILARITY = env.float("ANSWER_MIN_SIMILARITY", default=0.3)
+ANSWER_MAX_SOURCES = env.int("ANSWER_MAX_SOURCES", default=3)
+ANSWER_RETRIEVAL_TOP_K = env.int("ANSWER_RETRIEVAL_TOP_K", default=6)
+
+# --------------------------------------------------------------------------------------
+# Chat / LLM: the model that writes answers (apps/chat/llm.py). See .env.example.
+# --------------------------------------------------------------------------------------
+CHAT_PROVIDER = env("CHAT_PROVIDER", default="extractive")  # "extractive" (no model) | "openai"
+OPENAI_CHAT_BASE_URL = env("OPENAI_CHAT_BASE_URL", default="")  # ".../v1" or the bare host
+OPENAI_CHAT_API_KEY = env("OPENAI_CHAT_API_KEY", default="")
+OPENAI_CHAT_MODEL = env("OPENAI_CHAT_MODEL", default="gpt-4o-mini")
+CHAT_TIMEOUT = env.float("CHAT_TIMEOUT", default=30.0)  # seconds to the first token, connecting included
+CHAT_STREAM_IDLE_TIMEOUT = env.float("CHAT_STREAM_IDLE_TIMEOUT", default=30.0)  # max stall between chunks
+CHAT_MAX_RETRIES = env.int("CHAT_MAX_RETRIES", default=2)  # connection/429/5xx, before the first token only
+CHAT_MAX_TOKENS = env.int("CHAT_MAX_TOKENS", default=800)  # per answer; 0 leaves it to the server
+CHAT_TEMPERATURE = env.float("CHAT_TEMPERATURE", default=0.1)
+# ------------------------------------------------------------------ end chat / llm
+MODEL_WARMUP = env.bool("MODEL_WARMUP", default=True)  # load models when a web process starts

@@ -25,3 +25,4 @@ DATABASES["default"]["TEST"] = {  # noqa: F405
     "NAME": env("TEST_DATABASE_NAME", default=f"test_zhida_{os.getpid()}")
 }
 STATIC_ROOT = None  # tests serve no collected static files (and WhiteNoise then stays quiet)
+MODEL_WARMUP = False

@@ -265,6 +265,7 @@ class _Group:
 
     text: str
     sections: list[Section] = field(default_factory=list)
+    heading: str = ""  # a heading right above a table, carried into each of its chunks
 
     @property
     def kinds(self) -> list[str | None]:
@@ -328,9 +329,19 @@ def _groups(sections: Iterable[Section], max_tokens: int) -> Iterator[_Group]:
                 group.text = joined
                 group.sections.append(section)
                 continue
+        heading = ""
+        if (
+            group is not None
+            and group.headings_only
+            and _kind_class(section) == "table"
+            and token_count(group.text) <= max_tokens // 4
+        ):
+            # A heading alone would be a chunk that matches queries but answers nothing:
+            # it rides along with the table below it instead.
+            heading, group = group.text, None
         if group is not None:
             yield group
-        group = _Group(text=text, sections=[section])
+        group = _Group(text=text, sections=[section], heading=heading)
     if group is not None:
         yield group
 
@@ -430,7 +441,10 @@ def chunk_sections(sections: Iterable[Section], *, max_tokens: int = 512, overla
     index = 0
     for group in _groups(sections, max_tokens):
         if _kind_class(group.sections[0]) == "table":
-            pieces = _table_pieces(group.sections[0], group.text, max_tokens=max_tokens)
+            budget = max_tokens - (token_count(group.heading) + 1 if group.heading else 0)
+            pieces = _table_pieces(group.sections[0], group.text, max_tokens=max(budget, max_tokens // 2))
+            if group.heading:
+                pieces = ((f"{group.heading}\n{content}", metadata) for content, metadata in pieces)
         else:
             pieces = _text_pieces(group, max_tokens=max_tokens, overlap_tokens=overlap_tokens)
         for content, metadata in pieces:

@@ -447,3 +447,17 @@ def test_random_documents_keep_the_invariants(seed):
 
         assert squash("".join(c.content for c in chunks)) == squash("".join(s.text for s in sections))
     assert chunks == chunks_of(sections, max_tokens=max_tokens, overlap_tokens=overlap_tokens)
+
+
+def test_a_heading_right_above_a_table_rides_with_the_table():
+    sections = [
+        Section(text="3. Error codes", metadata={"kind": "heading", "heading_path": ["Manual", "3. Error codes"]}),
+        Section(
+            text="Code | Meaning\nE1001 | No WAN link\nE1234 | Firmware signature invalid",
+            metadata={"kind": "table", "header": True, "heading_path": ["Manual", "3. Error codes"]},
+        ),
+    ]
+    chunks = list(chunk_sections(sections, max_tokens=512, overlap_tokens=64))
+    assert len(chunks) == 1
+    assert chunks[0].content.startswith("3. Error codes\nCode | Meaning")
+    assert "E1234 | Firmware signature invalid" in chunks[0].content
