@@ -30,8 +30,37 @@ def seed_email(role: str, schema: str) -> str:
     return f"{role}@{schema}.test"
 
 
+def _selection_needs_database(items) -> bool:
+    """pytest-django's rule for creating the test database (a selected test uses the
+    ``django_db`` marker or the ``db``/``transactional_db``/``live_server`` fixtures)."""
+    db_fixtures = {"db", "transactional_db", "live_server"}
+    return any(
+        item.get_closest_marker("django_db") is not None or db_fixtures & set(getattr(item, "fixturenames", ()))
+        for item in items
+    )
+
+
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
+def _test_database_for_committed_db(request, django_test_environment, django_db_blocker):
+    """pytest-django creates the test database only if a selected test asks for ``db``; a run
+    of only ``committed_db`` tests would otherwise seed and test the *configured* database
+    (DATABASE_URL). Create it ourselves then."""
+    if _selection_needs_database(request.session.items) or connection.settings_dict["NAME"].startswith("test_"):
+        yield
+        return
+    from django.test.utils import setup_databases, teardown_databases
+
+    verbosity = request.config.option.verbose
+    with django_db_blocker.unblock():
+        created = setup_databases(verbosity=verbosity, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(created, verbosity=verbosity)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(_test_database_for_committed_db, django_db_setup, django_db_blocker):
+    assert connection.settings_dict["NAME"].startswith("test_"), connection.settings_dict["NAME"]
     with django_db_blocker.unblock():
         from apps.accounts.services import user_create
         from apps.tenancy.models import Tenant

@@ -4,6 +4,8 @@ the reprocess/delete actions. Every write goes through apps.knowledge.services."
 
 from __future__ import annotations
 
+import uuid
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, JsonResponse
@@ -276,11 +278,13 @@ class DocumentAdmin(admin.ModelAdmin):
         """Polling fallback for the live progress bars: ?id=<uuid>&id=..."""
         if not self.has_view_permission(request):
             return self._denied(request)
-        ids = [i for i in request.GET.getlist("id") if i][:200]
-        try:
-            rows = selectors.document_progress(document_ids=ids)
-        except Exception:  # noqa: BLE001 - malformed ids
-            rows = []
+        ids = []
+        for value in request.GET.getlist("id")[:200]:
+            try:
+                ids.append(uuid.UUID(value))
+            except ValueError:  # a malformed id is skipped, not the whole answer
+                continue
+        rows = selectors.document_progress(document_ids=ids)
         return JsonResponse({"documents": [{**r, "id": str(r["id"])} for r in rows]})
 
     def _denied(self, request):

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.files import File
 from django.db import connection, transaction
 from django.db.models import F
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from apps.audit.services import actor_describe, audit_log_record
@@ -87,7 +88,7 @@ def _spooled(file: Any) -> Iterator[tuple[Path, str, int]]:
                 size += len(part)
                 if size > limit:
                     raise FileTooLarge(
-                        f"The file is larger than the {limit // (1024 * 1024)} MB limit.",
+                        f"The file is larger than the {filesizeformat(limit)} limit.",
                         details={"max_bytes": limit},
                     )
                 digest.update(part)
@@ -530,9 +531,12 @@ def document_process(*, document_id: Any) -> Document | None:
             # Rows left from an earlier run with more chunks.
             vectors_delete(tenant_key=key, document_id=str(document.pk), keep_ids=[r.id for r in rows])
             replaced = _document_swap_in(document=document, chunks=chunks)
-            details.update(vectors=len(rows), replaced=str(replaced.pk) if replaced else None)
-        if replaced is not None:
-            vectors_delete(tenant_key=key, document_id=str(replaced.pk))
+            details.update(vectors=len(rows), replaced=[str(old.pk) for old in replaced or []])
+        if replaced is None and Document.objects.filter(pk=document.pk, status=Document.Status.DELETED).exists():
+            # Deleted while we worked: its delete task may have run before our upserts.
+            vectors_delete(tenant_key=key, document_id=str(document.pk))
+        for old in replaced or []:
+            vectors_delete(tenant_key=key, document_id=str(old.pk))
     except PipelineError as exc:
         if exc.transient:
             raise
@@ -548,10 +552,11 @@ def document_process(*, document_id: Any) -> Document | None:
 
 
 @transaction.atomic
-def _document_swap_in(*, document: Document, chunks: list) -> Document | None:
+def _document_swap_in(*, document: Document, chunks: list) -> list[Document] | None:
     """Make the new chunks (and, for a new version, the new document) the searchable ones in
     one transaction: search maps vector hits back to indexed documents, so readers see the
-    old version until this commits and the new one after."""
+    old version until this commits and the new one after. Returns the older versions it
+    retired, or None when the document was no longer ``processing`` (nothing swapped in)."""
     document = Document.objects.select_for_update().get(pk=document.pk)
     if document.status != Document.Status.PROCESSING:
         return None  # deleted or reset while we worked
@@ -582,21 +587,29 @@ def _document_swap_in(*, document: Document, chunks: list) -> Document | None:
     document.save(
         update_fields=["status", "processing_progress", "indexed_at", "error_code", "error_message", "updated_at"]
     )
-    replaced = None
+    replaced = []
     if document.replaces_id:
-        replaced = Document.objects.select_for_update().filter(pk=document.replaces_id).first()
-        if replaced is not None and replaced.status != Document.Status.DELETED:
-            replaced.status = Document.Status.DELETED
-            replaced.deleted_at = timezone.now()
-            replaced.save(update_fields=["status", "deleted_at", "updated_at"])
-            DocumentChunk.objects.filter(document=replaced).delete()
+        # Every older version still live, not only the one this replaces: that one may be a
+        # failed or unfinished upload standing in front of the version readers still see.
+        older = (
+            Document.objects.select_for_update()
+            .filter(original_name=document.original_name, version__lt=document.version)
+            .exclude(status=Document.Status.DELETED)
+            .order_by("version")
+        )
+        for old in older:
+            old.status = Document.Status.DELETED
+            old.deleted_at = timezone.now()
+            old.save(update_fields=["status", "deleted_at", "updated_at"])
+            DocumentChunk.objects.filter(document=old).delete()
             audit_log_record(
                 actor=None,
                 action="document.superseded",
                 resource_type="document",
-                resource_id=replaced.pk,
+                resource_id=old.pk,
                 new_values={"replaced_by": str(document.pk), "version": document.version},
             )
+            replaced.append(old)
     _search_cache_invalidate_on_commit()
     usage_record(
         usage_type="document_processing",

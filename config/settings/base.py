@@ -332,3 +332,6 @@ CHAT_MAX_TOKENS = env.int("CHAT_MAX_TOKENS", default=800)  # per answer; 0 leave
 CHAT_TEMPERATURE = env.float("CHAT_TEMPERATURE", default=0.1)
 # ------------------------------------------------------------------ end chat / llm
 MODEL_WARMUP = env.bool("MODEL_WARMUP", default=True)  # load models when a web process starts
+# A task whose worker died unacknowledged comes back after this long (Redis broker); the
+# stale-document sweep recovers ingestion sooner (DOCUMENT_STALE_AFTER).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
