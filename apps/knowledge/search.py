@@ -1,7 +1,7 @@
 """``chunk_search``: the one way to retrieve passages (API, admin hit-testing, chat).
 
 Modes: ``dense`` (query embedding, cosine), ``bm25`` (Milvus BM25 over jieba tokens) and
-``hybrid`` (both, fused with weighted reciprocal-rank fusion). Tenant isolation is enforced
+``hybrid`` (both, fused: see ``fuse``). Tenant isolation is enforced
 here — the tenant's partition *and* a tenant_id filter in Milvus, then a join back to this
 tenant's schema — never by the caller. Results are cached in Redis per tenant, keyed by a
 knowledge version that every document change bumps."""
@@ -28,7 +28,11 @@ from apps.knowledge.vectorstore import BM25_STOP_WORDS
 MODES = ("dense", "bm25", "hybrid")
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 50
-DEFAULT_SEARCH_SETTINGS = {"rrf_k": 60, "dense_weight": 1.0, "bm25_weight": 1.0, "candidates": 4}
+# Per tenant in settings["search"]. Chosen with manage.py eval_retrieval over the xquad-zh/en,
+# cross-lingual and stackfaq sets, with and without distractors (bench/README.md,
+# "Retrieval quality"): score fusion, equal weights, 10 × top_k candidates from each list.
+DEFAULT_SEARCH_SETTINGS = {"fusion": "score", "dense_weight": 1.0, "bm25_weight": 1.0, "candidates": 10, "rrf_k": 60}
+FUSIONS = ("score", "rrf")
 VERSION_KEY = "knowledge:version"
 NEAR_DUPLICATE_JACCARD = 0.85
 
@@ -44,12 +48,17 @@ class SearchFilters:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SearchFilters:
+        if data is not None and not isinstance(data, dict):
+            raise ValidationFailed("Filters are an object.", code="invalid_filter")
         data = dict(data or {})
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValidationFailed("Unknown filter.", code="invalid_filter", details={"filters": sorted(unknown)})
         if data.get("tags_mode", "any") not in ("any", "all"):
             raise ValidationFailed("tags_mode is 'any' or 'all'.", code="invalid_filter")
+        for name in ("tags", "document_ids"):  # a string would be split into characters
+            if not isinstance(data.get(name) or [], list | tuple):
+                raise ValidationFailed(f"{name} is a list.", code="invalid_filter", details={"filters": [name]})
         data["document_ids"] = [str(d) for d in data.get("document_ids") or []]
         data["tags"] = [str(t) for t in data.get("tags") or []]
         return cls(**data)
@@ -70,7 +79,7 @@ class SearchHit:
     section: list[str]
     content: str
     highlighted: str
-    score: float  # fused score (RRF); only meaningful as an ordering
+    score: float  # fused score (see fuse); only meaningful as an ordering
     dense_score: float | None  # cosine similarity with the query, when dense ran and found it
     dense_rank: int | None
     bm25_rank: int | None
@@ -108,10 +117,15 @@ def knowledge_version_bump() -> None:
         cache.set(VERSION_KEY, int(time.time() * 1000), timeout=None)
 
 
-def _search_settings() -> dict:
-    tenant = getattr(connection, "tenant", None)
-    custom = (getattr(tenant, "settings", None) or {}).get("search", {}) if tenant is not None else {}
-    return {**DEFAULT_SEARCH_SETTINGS, **{k: v for k, v in custom.items() if k in DEFAULT_SEARCH_SETTINGS}}
+def search_settings(tenant: Any) -> dict:
+    """DEFAULT_SEARCH_SETTINGS overridden by the tenant's ``settings["search"]`` (known keys
+    only). Read from the tenant passed to chunk_search, not from ``connection.tenant``:
+    under ``schema_context`` that is a stand-in without settings."""
+    custom = (getattr(tenant, "settings", None) or {}).get("search", {})
+    conf = {**DEFAULT_SEARCH_SETTINGS, **{k: v for k, v in custom.items() if k in DEFAULT_SEARCH_SETTINGS}}
+    if conf["fusion"] not in FUSIONS:
+        conf["fusion"] = DEFAULT_SEARCH_SETTINGS["fusion"]
+    return conf
 
 
 def _validate(query: str, top_k: int, mode: str) -> str:
@@ -126,7 +140,11 @@ def _validate(query: str, top_k: int, mode: str) -> str:
         )
     if mode not in MODES:
         raise ValidationFailed("Unknown search mode.", code="invalid_mode", details={"modes": list(MODES)})
-    if not 1 <= int(top_k) <= MAX_TOP_K:
+    try:
+        top_k_valid = 1 <= int(top_k) <= MAX_TOP_K
+    except (TypeError, ValueError):
+        top_k_valid = False
+    if not top_k_valid:
         raise ValidationFailed(f"top_k is between 1 and {MAX_TOP_K}.", code="invalid_top_k")
     return query
 
@@ -174,13 +192,24 @@ def _query_terms(query: str) -> list[str]:
 
 def highlight(text: str, terms: list[str]) -> str:
     """HTML-escaped text with the query's terms wrapped in <mark> (latin terms on word
-    boundaries, so "to" does not light up "restore")."""
-    escaped = html.escape(text)
+    boundaries, so "to" does not light up "restore"). Terms are looked for in the raw text,
+    so never inside an entity that escaping made ("amp" must not mark "&amp;"), folded to
+    Simplified when that keeps its length, so a query in either script marks the other."""
+    from apps.knowledge.vectorstore import text_normalize
+
     if not terms:
-        return escaped
-    parts = [rf"\b{re.escape(html.escape(t))}\b" if t.isascii() else re.escape(t) for t in terms]
+        return html.escape(text)
+    folded = text_normalize(text)
+    haystack = folded if len(folded) == len(text) else text
+    parts = [rf"\b{re.escape(t)}\b" if t.isascii() else re.escape(t) for t in terms]
     pattern = re.compile("|".join(parts), re.IGNORECASE)
-    return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", escaped)
+    out, last = [], 0
+    for match in pattern.finditer(haystack):
+        out.append(html.escape(text[last : match.start()]))
+        out.append(f"<mark>{html.escape(text[match.start() : match.end()])}</mark>")
+        last = match.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
 
 
 def _shingles(text: str) -> set[str]:
@@ -194,9 +223,9 @@ def _near_duplicate(a: set[str], b: set[str]) -> bool:
     return len(a & b) / len(a | b) >= NEAR_DUPLICATE_JACCARD
 
 
-def _cache_key(query: str, top_k: int, filters: SearchFilters, mode: str) -> str:
+def _cache_key(query: str, top_k: int, filters: SearchFilters, mode: str, conf: dict) -> str:
     payload = json.dumps(
-        {"q": query, "k": top_k, "f": asdict(filters), "m": mode, "v": knowledge_version(), "s": _search_settings()},
+        {"q": query, "k": top_k, "f": asdict(filters), "m": mode, "v": knowledge_version(), "s": conf},
         sort_keys=True,
         ensure_ascii=False,
     )
@@ -228,7 +257,8 @@ def chunk_search(
     started = time.perf_counter()
     query = _validate(query, top_k, mode)
     filters = filters if isinstance(filters, SearchFilters) else SearchFilters.from_dict(filters)
-    key = _cache_key(query, top_k, filters, mode) if use_cache else None
+    conf = search_settings(tenant)
+    key = _cache_key(query, top_k, filters, mode, conf) if use_cache else None
     if key:
         cached = cache.get(key)
         if cached is not None:
@@ -238,7 +268,7 @@ def chunk_search(
             _record_usage(mode=mode, hits=len(result.hits), cached=True, user_id=user_id)
             return result
 
-    result = _search_uncached(tenant=tenant, query=query, top_k=top_k, filters=filters, mode=mode, started=started)
+    result = _search_uncached(query=query, top_k=top_k, filters=filters, mode=mode, conf=conf, started=started)
     if key:
         cache.set(key, result.as_dict(), timeout=settings.SEARCH_CACHE_TTL)
     _record_usage(mode=mode, hits=len(result.hits), cached=False, user_id=user_id)
@@ -257,43 +287,83 @@ def _record_usage(*, mode: str, hits: int, cached: bool, user_id: Any) -> None:
     )
 
 
-def _search_uncached(
-    *, tenant: Any, query: str, top_k: int, filters: SearchFilters, mode: str, started: float
-) -> SearchResult:
+def search_candidates(
+    *, query: str, mode: str, limit: int, document_ids: list[str] | None = None
+) -> tuple[list[Any], list[Any], dict[str, float]]:
+    """The raw candidate lists of the current tenant, best first: (dense hits, BM25 hits,
+    timings). A mode that does not use one of the lists leaves it empty."""
     from apps.knowledge.pipeline.embed import get_embedder
     from apps.knowledge.services import tenant_key
     from apps.knowledge.vectorstore import text_normalize, vectors_search_bm25, vectors_search_dense
 
-    conf = _search_settings()
     timings = {"embed_ms": 0.0, "milvus_ms": 0.0}
-    allowed = _allowed_documents(filters)
-    if allowed is not None and not allowed:
-        return SearchResult(query=query, mode=mode, top_k=top_k, hits=[], timings=_finish(timings, started))
     key = tenant_key()
-    candidates = max(top_k * int(conf["candidates"]), 20)
     dense_hits, bm25_hits = [], []
     if mode in ("dense", "hybrid"):
         t = time.perf_counter()
         vector = get_embedder().embed([text_normalize(query)])[0]
         timings["embed_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        dense_hits = vectors_search_dense(tenant_key=key, vector=vector, limit=candidates, document_ids=allowed)
+        dense_hits = vectors_search_dense(tenant_key=key, vector=vector, limit=limit, document_ids=document_ids)
         timings["milvus_ms"] += (time.perf_counter() - t) * 1000
     if mode in ("bm25", "hybrid"):
         t = time.perf_counter()
-        bm25_hits = vectors_search_bm25(tenant_key=key, text=query, limit=candidates, document_ids=allowed)
+        bm25_hits = vectors_search_bm25(tenant_key=key, text=query, limit=limit, document_ids=document_ids)
         timings["milvus_ms"] += (time.perf_counter() - t) * 1000
+    return dense_hits, bm25_hits, timings
 
-    # Weighted reciprocal-rank fusion (ranks only: BM25 scores are not comparable).
+
+def candidate_limit(top_k: int, conf: dict) -> int:
+    """How deep each list is read: ``candidates`` × top_k, at least 20."""
+    return max(top_k * int(conf["candidates"]), 20)
+
+
+def fuse(dense_hits: list[Any], bm25_hits: list[Any], conf: dict) -> list[tuple[str, float]]:
+    """(chunk id, fused score), best first; ties go to the better dense rank, and a single
+    list (dense or bm25 mode) keeps its own order.
+
+    ``score`` (default): each list's scores divided by that list's best score, then
+    ``dense_weight × dense + bm25_weight × bm25`` (a chunk missing from a list gets 0 there).
+    Unlike ranks, scores keep how far ahead a list's first hits are: where BM25's scores are
+    flat (a Chinese question over English passages matches only a stray number, equally in
+    many of them) it adds about the same to every candidate and dense decides; where BM25
+    has a clear winner, it wins.
+    ``rrf``: weighted reciprocal-rank fusion, ``weight / (rrf_k + rank)`` per list."""
     fused: dict[str, float] = {}
+    dense_rank = {h.id: i + 1 for i, h in enumerate(dense_hits)}
+    lists = ((dense_hits, float(conf["dense_weight"])), (bm25_hits, float(conf["bm25_weight"])))
+    if conf["fusion"] == "rrf":
+        k = float(conf["rrf_k"])
+        for hits, weight in lists:
+            for rank, hit in enumerate(hits, start=1):
+                fused[hit.id] = fused.get(hit.id, 0.0) + weight / (k + rank)
+    else:
+        for hits, weight in lists:
+            # Cosine similarity, and BM25 as a magnitude (Milvus Lite reports it negated).
+            scores = [max(abs(h.score) if hits is bm25_hits else h.score, 0.0) for h in hits]
+            best = max(scores, default=0.0)
+            for hit, score in zip(hits, scores, strict=True):
+                fused[hit.id] = fused.get(hit.id, 0.0) + (weight * score / best if best > 0.0 else 0.0)
+    order = sorted(fused, key=lambda cid: (-fused[cid], dense_rank.get(cid, 10**9)))
+    return [(cid, fused[cid]) for cid in order]
+
+
+def _search_uncached(
+    *, query: str, top_k: int, filters: SearchFilters, mode: str, conf: dict, started: float
+) -> SearchResult:
+    allowed = _allowed_documents(filters)
+    if allowed is not None and not allowed:
+        timings = {"embed_ms": 0.0, "milvus_ms": 0.0}
+        return SearchResult(query=query, mode=mode, top_k=top_k, hits=[], timings=_finish(timings, started))
+    dense_hits, bm25_hits, timings = search_candidates(
+        query=query, mode=mode, limit=candidate_limit(top_k, conf), document_ids=allowed
+    )
+    ranked = fuse(dense_hits, bm25_hits, conf)
+    fused = dict(ranked)
+    order = [cid for cid, _ in ranked]
     dense_rank = {h.id: i + 1 for i, h in enumerate(dense_hits)}
     dense_score = {h.id: h.score for h in dense_hits}
     bm25_rank = {h.id: i + 1 for i, h in enumerate(bm25_hits)}
-    k = float(conf["rrf_k"])
-    for ranks, weight in ((dense_rank, float(conf["dense_weight"])), (bm25_rank, float(conf["bm25_weight"]))):
-        for chunk_id, rank in ranks.items():
-            fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (k + rank)
-    order = sorted(fused, key=lambda cid: (-fused[cid], dense_rank.get(cid, 10**9)))
 
     # Back to this tenant's schema: only chunks of indexed documents count (a superseded
     # version's vectors may linger for a moment after its replacement went live).

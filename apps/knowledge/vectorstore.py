@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import threading
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -259,6 +260,29 @@ def collection_ensure(*, dimension: int) -> str:
     return name
 
 
+def collection_exists() -> bool:
+    with _milvus_errors():
+        return _client().has_collection(settings.MILVUS_COLLECTION)
+
+
+def collection_drop() -> None:
+    """Drop the whole collection, every tenant's vectors with it (evaluation collections)."""
+    name = settings.MILVUS_COLLECTION
+    with vector_write_lock(), _milvus_errors():
+        _client().drop_collection(name)
+    for key in [k for k in _ready if k[0] == name]:
+        _ready.discard(key)
+
+
+def collection_flush() -> None:
+    """Seal what Milvus holds in its write buffer. Milvus Lite rebuilds the buffer's BM25
+    index on every search, so search time grows with unflushed rows; sealed segments keep
+    theirs (but score BM25 with per-segment statistics)."""
+    name = settings.MILVUS_COLLECTION
+    with vector_write_lock(), _milvus_errors():
+        _client().flush(name)
+
+
 def _partition_ensure(client, name: str, tenant_key: str) -> str | None:
     if not is_lite():
         return None
@@ -379,10 +403,37 @@ def vectors_delete_ids(*, tenant_key: str, ids: list[str]) -> None:
                 client.delete(name, filter=expr, **kwargs)
 
 
+def vectors_tenant_drop(*, tenant_key: str) -> None:
+    """Remove every vector of a tenant: its partition on Lite, its rows on a server
+    (partition key). For a tenant that is being destroyed, never for a live one."""
+    name = settings.MILVUS_COLLECTION
+    client = _client()
+    with _milvus_errors():
+        if not client.has_collection(name):
+            return
+    with vector_write_lock(), _milvus_errors():
+        if is_lite():
+            partition = partition_name(tenant_key)
+            if client.has_partition(name, partition):
+                client.drop_partition(name, partition)
+            _ready.discard((name, partition))
+        else:
+            client.delete(name, filter=_tenant_filter(tenant_key))
+
+
 def text_normalize(text: str) -> str:
     """What BM25 sees, for chunks and queries alike: Traditional Chinese folded to
     Simplified (OpenCC t2s), so either script finds the other's documents."""
     return _t2s().convert(text)
+
+
+def bm25_query_normalize(text: str) -> str:
+    """What a BM25 query is made of: ``text_normalize`` with punctuation and symbols turned
+    into spaces. jieba keeps them as tokens ("？", "“", "-"), and on a page where they are rare
+    they weigh like a rare word: a Chinese question over English passages matched English
+    FAQ pages on their quotation marks alone. Done on the query only, so no reindex."""
+    folded = text_normalize(text)
+    return "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in folded)
 
 
 @functools.cache
@@ -458,10 +509,14 @@ def vectors_search_bm25(
     *, tenant_key: str, text: str, limit: int, document_ids: list[str] | None = None
 ) -> list[VectorHit]:
     """Chunks by BM25 over the jieba-analysed content. Scores are only comparable within one
-    result list (Lite's are negative): use the ranks, never a threshold on the score."""
+    result list (Lite's are negative): compare them within the list (search.fuse divides by
+    the best one), never with a fixed threshold."""
+    query = bm25_query_normalize(text)
+    if not query.strip():
+        return []
     return _search(
         tenant_key=tenant_key,
-        data=[text_normalize(text)],
+        data=[query],
         anns_field="sparse",
         limit=limit,
         document_ids=document_ids,

@@ -94,6 +94,13 @@ class SearchFiltersSerializer(serializers.Serializer):
         choices=["pdf", "docx", "xlsx", "pptx", "html", "md", "txt", "csv"], required=False
     )
 
+    def to_internal_value(self, data):
+        # A misspelt filter must not be dropped silently: the search would run unfiltered.
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown filter."] for name in unknown})
+        return super().to_internal_value(data)
+
 
 class SearchInputSerializer(serializers.Serializer):
     query = serializers.CharField(trim_whitespace=True, allow_blank=True)

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.api.views import PaginatedAPIView, _paginate
+from apps.audit.services import actor_describe
 from apps.core.api import HasAnyPermission, HasPermission
 from apps.core.exceptions import ApplicationError, NotFound, error_body
 from apps.knowledge import selectors, services
@@ -144,12 +145,13 @@ class SearchView(APIView):
         data = s.SearchInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
+        person, _label = actor_describe(request.user)  # an API key is nobody's user id
         result = chunk_search(
             tenant=request.tenant,
             query=v["query"],
             top_k=v["top_k"],
             mode=v["mode"],
             filters=v.get("filters") or {},
-            user_id=getattr(request.user, "pk", None) if hasattr(request.user, "email") else None,
+            user_id=person.pk if person is not None else None,
         )
         return Response(s.SearchOutputSerializer(result.as_dict()).data)

@@ -1,0 +1,161 @@
+"""Tune hybrid fusion offline, over whole evaluation sets.
+
+``manage.py eval_retrieval ... --dump-candidates SET.cand.json`` writes, per question, both
+raw candidate lists (dense and BM25, 100 deep) of a run. This script replays
+``apps.knowledge.search.fuse`` on them for every combination of a settings grid — no
+Milvus, no embedding, a few seconds per thousand combinations — and prints, per set, the
+single modes next to the best fused settings. Settings are ranked over all sets together:
+first by how many (set, metric) pairs leave hybrid below the better single mode, then by
+mean recall@5, then by mean MRR@10. Never tune on single questions.
+
+    .venv/bin/python bench/retrieval_tune.py /tmp/eval/*.cand.json
+    .venv/bin/python bench/retrieval_tune.py /tmp/eval/*.cand.json --show '{"rrf_k": 60}'
+
+Dumps are made with the settings of their run; a change to the analyzer, the chunker or the
+embedding needs new dumps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+
+import django  # noqa: E402
+
+django.setup()
+
+from apps.knowledge.search import DEFAULT_SEARCH_SETTINGS, candidate_limit, fuse  # noqa: E402
+from apps.knowledge.vectorstore import VectorHit  # noqa: E402
+
+TOP_K = 10
+METRICS = ("R@1", "R@5", "R@10", "MRR@10")
+GRID = [  # each entry: {setting: [values]}, all combinations
+    {
+        "fusion": ["score"],
+        "dense_weight": [1.0],
+        "bm25_weight": [0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5],
+        "candidates": [2, 4, 10],
+    },
+    {
+        "fusion": ["rrf"],
+        "rrf_k": [1, 5, 10, 20, 60],
+        "dense_weight": [1.0],
+        "bm25_weight": [0.5, 0.75, 1.0, 1.5, 2.0],
+        "candidates": [2, 4, 10],
+    },
+]
+
+
+def load(path: Path) -> tuple[str, list[dict], dict[str, str]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    name = path.name.removesuffix(".cand.json")
+    passage = {}  # chunk id → passage key
+    for row in data["rows"]:
+        for chunk_id, key, _ in row["dense"] + row["bm25"]:
+            passage[chunk_id] = key
+    return name, data["rows"], passage
+
+
+def metrics(ranked: list[list[str]], golds: list[list[str]]) -> dict[str, float]:
+    """``ranked``: per question the passage keys of its top hits, in order."""
+    n = len(ranked)
+    out = {}
+    for k in (1, 5, 10):
+        out[f"R@{k}"] = sum(len(set(r[:k]) & set(g)) / len(g) for r, g in zip(ranked, golds, strict=True)) / n
+    mrr = 0.0
+    for r, g in zip(ranked, golds, strict=True):
+        for rank, key in enumerate(r[:TOP_K], start=1):
+            if key in g:
+                mrr += 1.0 / rank
+                break
+    out["MRR@10"] = mrr / n
+    return out
+
+
+def hits(pairs: list[list]) -> list[VectorHit]:
+    return [VectorHit(id=chunk_id, document_id=key, score=score) for chunk_id, key, score in pairs]
+
+
+def evaluate(rows: list[dict], passage: dict[str, str], conf: dict, mode: str) -> dict[str, float]:
+    depth = candidate_limit(TOP_K, conf)
+    ranked = []
+    for row in rows:
+        dense = hits(row["dense"][:depth]) if mode in ("dense", "hybrid") else []
+        bm25 = hits(row["bm25"][:depth]) if mode in ("bm25", "hybrid") else []
+        ranked.append([passage[cid] for cid, _ in fuse(dense, bm25, conf)[:TOP_K]])
+    return metrics(ranked, [row["gold"] for row in rows])
+
+
+def grid(spec: list[dict[str, list]] | dict[str, list]) -> list[dict]:
+    combos = []
+    for block in [spec] if isinstance(spec, dict) else spec:
+        unknown = set(block) - set(DEFAULT_SEARCH_SETTINGS)
+        if unknown:
+            raise SystemExit(f"unknown settings in the grid: {sorted(unknown)}")
+        keys = list(block)
+        for values in itertools.product(*(block[k] for k in keys)):
+            combos.append({**DEFAULT_SEARCH_SETTINGS, **dict(zip(keys, values, strict=True))})
+    return combos
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dumps", nargs="+", type=Path)
+    parser.add_argument("--grid", type=json.loads, help="JSON {setting: [values]} (or a list of them) instead of GRID")
+    parser.add_argument("--show", type=json.loads, action="append", default=[], help="also show these settings")
+    parser.add_argument("--top", type=int, default=10, help="how many of the best settings to print")
+    args = parser.parse_args()
+
+    sets = [load(path) for path in sorted(args.dumps)]
+    single = {
+        name: {mode: evaluate(rows, passage, DEFAULT_SEARCH_SETTINGS, mode) for mode in ("dense", "bm25")}
+        for name, rows, passage in sets
+    }
+    candidates = grid(args.grid or GRID)
+    print(f"{len(sets)} sets, {len(candidates)} settings", file=sys.stderr)
+
+    def score(conf: dict) -> tuple[int, float, float, dict]:
+        per_set = {name: evaluate(rows, passage, conf, "hybrid") for name, rows, passage in sets}
+        below = sum(
+            1
+            for name, m in per_set.items()
+            for metric in METRICS
+            if m[metric] < max(single[name]["dense"][metric], single[name]["bm25"][metric]) - 1e-9
+        )
+        r5 = statistics.fmean(m["R@5"] for m in per_set.values())
+        mrr = statistics.fmean(m["MRR@10"] for m in per_set.values())
+        return below, r5, mrr, per_set
+
+    results = [(conf, *score(conf)) for conf in candidates]
+    results.sort(key=lambda r: (r[1], -r[2], -r[3]))
+    extra = [{**DEFAULT_SEARCH_SETTINGS, **c} for c in args.show]
+    shown = results[: args.top] + [(conf, *score(conf)) for conf in extra]
+
+    names = [name for name, _, _ in sets]
+    print("single modes (R@1 / R@5 / R@10 / MRR@10):")
+    for name in names:
+        for mode in ("dense", "bm25"):
+            m = single[name][mode]
+            print(f"  {name:<8} {mode:<6} " + " ".join(f"{m[x]:.3f}" for x in METRICS))
+    print("\nbest hybrid settings (below: (set, metric) pairs under the better single mode):")
+    for conf, below, r5, mrr, per_set in shown:
+        settings = {k: conf[k] for k in DEFAULT_SEARCH_SETTINGS}
+        print(f"\n{json.dumps(settings)}  below={below}  mean R@5={r5:.4f}  mean MRR@10={mrr:.4f}")
+        for name in names:
+            m = per_set[name]
+            best = {x: max(single[name]["dense"][x], single[name]["bm25"][x]) for x in METRICS}
+            marks = " ".join(f"{m[x]:.3f}{'<' if m[x] < best[x] - 1e-9 else ' '}" for x in METRICS)
+            print(f"  {name:<8} {marks}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
