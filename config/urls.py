@@ -3,11 +3,14 @@
 from django.conf import settings
 from django.conf.urls.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.core.admin_sites import tenant_admin_site
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="console:app", permanent=False)),
+    path("console/", include("apps.chat.console_urls")),
     path("admin/", tenant_admin_site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include("config.api_router")),

@@ -4,6 +4,8 @@ same stream live."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -13,7 +15,7 @@ from django.db import close_old_connections
 from django_tenants.utils import tenant_context
 
 from apps.chat import events
-from apps.core.exceptions import ApplicationError
+from apps.core.exceptions import ApplicationError, NotFound, PermissionDeniedError
 from apps.core.websocket import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, tenant_group_name
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.group = tenant_group_name(self.scope["schema_name"], "conv", self.conversation_id)
-        self.busy = False
+        self.answering: asyncio.Future | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
@@ -49,25 +51,38 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        if getattr(self, "answering", None) is not None and not self.answering.done():
+            # The asker left mid-answer: the answer still finishes (other tabs see it, and it
+            # is saved). asyncio.wait, unlike await, leaves it running if this is cancelled.
+            await asyncio.wait({self.answering})
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        # A frame that is not JSON text is a bad event, not a reason to drop the connection.
+        try:
+            content = json.loads(text_data) if text_data else None
+        except ValueError:
+            content = None
+        await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
         if not isinstance(content, dict) or content.get("type") != "question":
             await self.send_json({"type": events.ERROR, "code": "invalid_event", "message": "Send {type: question}."})
             return
-        if self.busy:
+        if self.answering is not None and not self.answering.done():
             await self.send_json(
                 {"type": events.ERROR, "code": "busy", "message": "Wait for the current answer to finish."}
             )
             return
-        self.busy = True
-        try:
-            # Off the shared DB thread: an answer may stream for seconds and must not block
-            # other sockets' database calls. The worker thread sets the tenant itself.
-            await sync_to_async(self._answer, thread_sensitive=False)(
+        # Not awaited here: channels hands a consumer one message at a time, so awaiting the
+        # answer would hold back this socket's own stream (the group events) until the end
+        # and queue a second question instead of refusing it. Off the shared DB thread: an
+        # answer may stream for seconds and must not block other sockets' database calls;
+        # the worker thread sets the tenant itself.
+        self.answering = asyncio.ensure_future(
+            sync_to_async(self._answer, thread_sensitive=False)(
                 str(content.get("content", "")), content.get("client_id")
             )
-        finally:
-            self.busy = False
+        )
 
     def _answer(self, question: str, client_id) -> None:
         from apps.accounts.permissions import user_has_permission
@@ -85,9 +100,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             with tenant_context(self.scope["tenant"]):
                 if not user_has_permission(user, "conversations:create"):
-                    emit({"type": events.ERROR, "code": "permission_denied", "message": "You may not ask here."})
-                    return
+                    raise PermissionDeniedError("You may not ask here.")  # to the asker only, not the group
                 conversation = conversation_get(conversation_id=self.conversation_id)
+                if conversation is None:  # deleted since the socket opened
+                    raise NotFound("Conversation not found.", code="conversation_not_found")
                 conversation_ask(conversation=conversation, actor=user, question=question, emit=emit)
         except ApplicationError as exc:
             self._send_direct({"type": events.ERROR, "code": exc.code, "message": exc.message, "message_id": None})

@@ -219,8 +219,12 @@ def _message_add(
 
 
 ANAPHORA = re.compile(
-    r"\b(it|its|this|that|these|those|they|them|there|he|she|his|her|one)\b|^(and|what about|how about)\b"
-    r"|它|他们|她们|这个|那个|这些|那些|该|此|其|^那|^还有|呢[？?]?$",
+    r"\b(it|its|this|that|these|those|they|them|he|she|his|her|one)\b|^(and|what about|how about)\b"
+    # "there" points back ("what's the fee there?"), "is there …" does not
+    r"|(?<!\bis )(?<!\bare )(?<!\bwas )(?<!\bwere )\bthere\b"
+    # 该/此/其/它 point back, but not inside 应该, 因此/如此/彼此/此外, 其他/其它/其中/其实/其余/尤其/极其
+    r"|(?<!其)它|他们|她们|这个|那个|这些|那些|(?<!应)该|(?<![因如彼])此(?!外)|(?<![尤极])其(?![他它中实余])"
+    r"|^那|^还有|呢[？?]?$",
     re.IGNORECASE,
 )
 
@@ -252,8 +256,11 @@ def question_rewrite(*, question: str, history: list[Message]) -> str:
             logger.warning("Question rewrite failed; using the rule", exc_info=True)
     short = len(question) <= 60
     if short and ANAPHORA.search(question.strip()):
+        from apps.knowledge.search import MAX_QUERY_CHARS
+
         base = previous.metadata.get("standalone_question") or previous.content
-        return f"{base} {question}"[:MAX_QUESTION_CHARS]
+        # Retrieval reads MAX_QUERY_CHARS: shorten the carried subject, never the follow-up.
+        return f"{base[: max(0, MAX_QUERY_CHARS - len(question) - 1)]} {question}".strip()
     return question
 
 
@@ -288,6 +295,24 @@ def _raise_priority(conversation: Conversation) -> str:
     return PRIORITY_ORDER[max(current, PRIORITY_ORDER.index("high"))]
 
 
+def question_validate(*, conversation: Conversation, question: str) -> str:
+    """The question, stripped, if it may be asked in this conversation now; raises
+    ``empty_question``, ``question_too_long`` or ``conversation_not_active`` otherwise
+    (callers that stream check first, so these stay plain errors)."""
+    question = (question or "").strip()
+    if not question:
+        raise ValidationFailed("The question is empty.", code="empty_question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValidationFailed(
+            f"The question is longer than {MAX_QUESTION_CHARS} characters.",
+            code="question_too_long",
+            details={"max_chars": MAX_QUESTION_CHARS},
+        )
+    if conversation.status != Conversation.Status.ACTIVE:
+        raise Conflict("This conversation is not active; reopen it first.", code="conversation_not_active")
+    return question
+
+
 def conversation_ask(
     *, conversation: Conversation, actor: Any, question: str, emit: Emit | None = None
 ) -> AnswerResult:
@@ -300,15 +325,7 @@ def conversation_ask(
     from apps.chat.extractive import language_of
 
     emit = emit or _noop
-    question = (question or "").strip()
-    if not question:
-        raise ValidationFailed("The question is empty.", code="empty_question")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise ValidationFailed(
-            f"The question is longer than {MAX_QUESTION_CHARS} characters.", code="question_too_long"
-        )
-    if conversation.status != Conversation.Status.ACTIVE:
-        raise Conflict("This conversation is not active; reopen it first.", code="conversation_not_active")
+    question = question_validate(conversation=conversation, question=question)
     started = time.perf_counter()
     history = list(conversation.messages.order_by("-created_at")[:HISTORY_MESSAGES])[::-1]
     with transaction.atomic():
@@ -323,12 +340,12 @@ def conversation_ask(
         user_message.metadata["standalone_question"] = standalone
         user_message.save(update_fields=["metadata", "updated_at"])
 
-    from apps.knowledge.search import chunk_search
+    from apps.knowledge.search import MAX_QUERY_CHARS, chunk_search
 
     t = time.perf_counter()
     result = chunk_search(
         tenant=_current_tenant(),
-        query=standalone,
+        query=standalone[:MAX_QUERY_CHARS],  # a question may be longer than a search query
         top_k=settings.ANSWER_RETRIEVAL_TOP_K,
         mode="hybrid",
         user_id=getattr(actor, "pk", None) if hasattr(actor, "email") else None,
@@ -567,6 +584,8 @@ class CitationStreamGuard:
         self.buffer += delta
         cut = max(self.buffer.rfind("["), self.buffer.rfind("【"))
         if cut != -1 and "]" not in self.buffer[cut:] and "】" not in self.buffer[cut:] and len(self.buffer) - cut < 24:
+            # The space before the marker waits with it: a dropped citation takes its space along.
+            cut = len(self.buffer[:cut].rstrip(" \t"))
             ready, self.buffer = self.buffer[:cut], self.buffer[cut:]
         else:
             ready, self.buffer = self.buffer, ""

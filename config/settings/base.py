@@ -225,10 +225,25 @@ CELERY_TASK_ALWAYS_EAGER = False
 # --------------------------------------------------------------------------------------
 # Channels
 # --------------------------------------------------------------------------------------
+# A consumer waits for its messages with BZPOPMIN for 5 s (channels_redis' brpop_timeout);
+# redis-py >= 6 times every read out after 5 s unless told otherwise, so an idle socket's
+# wait raced that timeout and the consumer died (close 1011). Reads get more than the wait.
+CHANNEL_REDIS_SOCKET_TIMEOUT = 15
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [env("CHANNEL_REDIS_URL", default="redis://127.0.0.1:6379/2")]},
+        "CONFIG": {
+            # Every socket of a server process shares one Redis queue, and group_send drops
+            # what does not fit (silently): channels_redis' default of 100 lost the events of
+            # answers streaming to a few dozen sockets at once. Messages still expire in 60 s.
+            "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=5000),
+            "hosts": [
+                {
+                    "address": env("CHANNEL_REDIS_URL", default="redis://127.0.0.1:6379/2"),
+                    "socket_timeout": CHANNEL_REDIS_SOCKET_TIMEOUT,
+                }
+            ],
+        },
     }
 }
 

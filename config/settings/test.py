@@ -10,9 +10,9 @@ REDIS_URL = env("TEST_REDIS_URL", default="redis://127.0.0.1:6379/10")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/11")
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [  # noqa: F405
-    env("TEST_CHANNEL_REDIS_URL", default="redis://127.0.0.1:6379/12")
-]
+CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = env(  # noqa: F405
+    "TEST_CHANNEL_REDIS_URL", default="redis://127.0.0.1:6379/12"
+)
 LOG_FORMAT = "plain"
 LOGGING["handlers"]["console"]["formatter"] = "plain"  # noqa: F405
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405

@@ -10,6 +10,7 @@ import threading
 
 from django.db import close_old_connections, connection
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_tenants.utils import schema_context
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -24,6 +25,8 @@ from apps.core.api import HasAnyPermission, HasPermission
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
 
 CONVERSATION_ACCESS = HasAnyPermission.of("conversations:read", "conversations:create")
+# Changing a conversation (its fields, its status) takes more than reading it.
+CONVERSATION_CHANGE = HasAnyPermission.of("conversations:create", "conversations:manage")
 
 
 def _conversation_or_404(request, conversation_id):
@@ -61,7 +64,7 @@ class ConversationListCreateView(PaginatedAPIView):
                 value = parse_datetime(q[name])
                 if value is None:
                     raise ValidationFailed("Dates are ISO 8601.", details={name: q[name]})
-                dates[name] = value
+                dates[name] = timezone.make_aware(value) if timezone.is_naive(value) else value  # in TIME_ZONE
         qs = selectors.conversation_list(
             actor=request.user,
             status=q.get("status"),
@@ -94,6 +97,8 @@ class ConversationDetailView(APIView):
     @extend_schema(request=s.ConversationUpdateSerializer, responses=s.ConversationOutputSerializer)
     def patch(self, request, conversation_id):
         conversation = _conversation_or_404(request, conversation_id)
+        if not CONVERSATION_CHANGE().has_permission(request, self):
+            self.permission_denied(request)
         data = s.ConversationUpdateSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         conversation = services.conversation_update(
@@ -108,6 +113,8 @@ class ConversationTransitionView(APIView):
     @extend_schema(request=None, responses=s.ConversationOutputSerializer)
     def post(self, request, conversation_id, action):
         conversation = _conversation_or_404(request, conversation_id)
+        if not CONVERSATION_CHANGE().has_permission(request, self):
+            self.permission_denied(request)
         conversation = services.conversation_transition(conversation=conversation, actor=request.user, action=action)
         return Response(s.ConversationOutputSerializer(conversation).data)
 
@@ -118,6 +125,11 @@ def _sse(event: dict) -> str:
 
 class ConversationMessagesView(PaginatedAPIView):
     permission_classes = [CONVERSATION_ACCESS]
+
+    def perform_content_negotiation(self, request, force=False):
+        # ``Accept: text/event-stream`` asks for the stream, which is no DRF renderer's
+        # output: let it through (to JSON, for errors raised before the stream starts).
+        return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(responses=s.MessageOutputSerializer(many=True))
     def get(self, request, conversation_id):
@@ -161,9 +173,9 @@ class ConversationMessagesView(PaginatedAPIView):
         return Response(body, status=status.HTTP_200_OK)
 
     def _stream(self, request, conversation, question):
-        # Validate up front so a bad question is a normal JSON 400, not a broken stream.
-        if not question.strip():
-            raise ValidationFailed("The question is empty.", code="empty_question")
+        # Validate up front so a bad question (or a closed conversation) is a normal JSON
+        # 400/409, not a broken stream.
+        services.question_validate(conversation=conversation, question=question)
         schema = connection.schema_name
         events_queue: queue.Queue = queue.Queue()
         done = object()
