@@ -334,21 +334,39 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
     return len(data)
 
 
+def _document_vector_ids(client, name: str, tenant_key: str, document_id: str, partition: str | None) -> list[str]:
+    kwargs = {"partition_names": [partition]} if partition else {}
+    rows = client.query(
+        name,
+        filter=_tenant_filter(tenant_key, f"document_id == {json.dumps(document_id)}"),
+        output_fields=["id"],
+        **kwargs,
+    )
+    return [str(r["id"]) for r in rows]
+
+
 def vectors_delete(*, tenant_key: str, document_id: str, keep_ids: list[str] | None = None) -> None:
-    """Delete a document's vectors in this tenant (optionally all but ``keep_ids``)."""
+    """Delete a document's vectors in this tenant (optionally all but ``keep_ids``).
+
+    Looks the ids up first (a query inside the tenant's partition is cheap) and deletes by
+    primary key: a *filter* delete makes Milvus Lite scan every tenant's rows, which cost
+    ~0.25 s per document at a few thousand vectors and grew with the platform
+    (bench/README.md, ingestion)."""
     name = settings.MILVUS_COLLECTION
     client = _client()
     with _milvus_errors():
         if not client.has_collection(name):
             return
-    expr = _tenant_filter(tenant_key, f"document_id == {json.dumps(document_id)}")
-    if keep_ids:
-        expr += f" and id not in {json.dumps(keep_ids)}"
+    keep = set(keep_ids or [])
     with vector_write_lock():
         partition = _partition_ensure(client, name, tenant_key)
         with _milvus_errors():
+            doomed = [
+                i for i in _document_vector_ids(client, name, tenant_key, document_id, partition) if i not in keep
+            ]
             kwargs = {"partition_name": partition} if partition else {}
-            client.delete(name, filter=expr, **kwargs)
+            for start in range(0, len(doomed), 1000):
+                client.delete(name, ids=doomed[start : start + 1000], **kwargs)
 
 
 def vectors_count(*, tenant_key: str, document_id: str | None = None) -> int:
@@ -398,9 +416,9 @@ def vectors_delete_ids(*, tenant_key: str, ids: list[str]) -> None:
         partition = _partition_ensure(client, name, tenant_key)
         with _milvus_errors():
             kwargs = {"partition_name": partition} if partition else {}
+            # By primary key (see vectors_delete); callers pass ids read from this tenant.
             for start in range(0, len(ids), 1000):
-                expr = _tenant_filter(tenant_key, f"id in {json.dumps(ids[start : start + 1000])}")
-                client.delete(name, filter=expr, **kwargs)
+                client.delete(name, ids=ids[start : start + 1000], **kwargs)
 
 
 def vectors_tenant_drop(*, tenant_key: str) -> None:
