@@ -197,3 +197,15 @@ def celery_worker(django_db_setup, milvus_server, tmp_path_factory) -> Iterator[
     process, hostname = start_celery_worker(tmp_path_factory.mktemp("celery"), env_extra={"MILVUS_URI": milvus_server})
     yield hostname
     stop_process(process, timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """channels_redis keeps per-event-loop state (locks, pools) in the layer object, and
+    pytest-asyncio gives each test its own loop: a layer made in one test's loop must not be
+    reused in the next (RuntimeError: Lock bound to a different event loop)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
