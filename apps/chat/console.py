@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse, reverse_lazy
 from django.views.decorators.cache import never_cache
@@ -18,18 +18,13 @@ from django.views.decorators.http import require_safe
 from apps.accounts.permissions import user_has_permission
 from apps.chat.models import Conversation
 from apps.knowledge import selectors as knowledge_selectors
-from apps.knowledge.models import Document
+from apps.knowledge.file_response import document_file_response
 
 LOGIN_URL = "console:login"
 CONSOLE_PERMISSIONS = ("conversations:create", "conversations:read")
 # Who may open a cited document: whoever may see answers (and so their citations), and
 # whoever may read the knowledge base itself.
 DOCUMENT_PERMISSIONS = (*CONSOLE_PERMISSIONS, "docs:read")
-# Opened in the browser as they are; anything else (HTML, SVG, text…) is sandboxed so an
-# uploaded file can never run script on the tenant's origin. Chromium's PDF viewer does not
-# load in a sandboxed document, hence the exception.
-INLINE_UNSANDBOXED = {"application/pdf"}
-SANDBOX_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _may_use_console(user: Any) -> bool:
@@ -81,15 +76,4 @@ def document_file_view(request: HttpRequest, document_id) -> FileResponse | Http
     if not any(user_has_permission(request.user, p) for p in DOCUMENT_PERMISSIONS):
         return _forbidden(request)
     document = knowledge_selectors.document_get(document_id=document_id)
-    if document is None or document.status == Document.Status.DELETED or not document.file:
-        raise Http404
-    try:
-        handle = document.file.open("rb")
-    except FileNotFoundError as exc:
-        raise Http404 from exc
-    mime = document.mime_type or "application/octet-stream"
-    response = FileResponse(handle, filename=document.original_name, as_attachment=False, content_type=mime)
-    if mime not in INLINE_UNSANDBOXED:
-        response["Content-Security-Policy"] = SANDBOX_CSP
-    response["Cache-Control"] = "private, max-age=300"
-    return response
+    return document_file_response(document=document)

@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.core.admin_sites import tenant_admin_site
 from apps.core.exceptions import ApplicationError
 from apps.knowledge import selectors, services
+from apps.knowledge.file_response import document_file_response
 from apps.knowledge.models import Document, DocumentChunk, DocumentProcessingLog
 
 
@@ -260,19 +261,9 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def file_view(self, request: HttpRequest, document_id):
         """The original file (PDFs open at ``#page=N`` from search results and citations)."""
-        from django.http import FileResponse, Http404
-
         if not self.has_view_permission(request):
             return self._denied(request)
-        document = selectors.document_get(document_id=document_id)
-        if document is None or document.status == Document.Status.DELETED:
-            raise Http404
-        return FileResponse(
-            document.file.open("rb"),
-            filename=document.original_name,
-            as_attachment=False,
-            content_type=document.mime_type or None,
-        )
+        return document_file_response(document=selectors.document_get(document_id=document_id))
 
     def progress_view(self, request: HttpRequest):
         """Polling fallback for the live progress bars: ?id=<uuid>&id=..."""

@@ -249,3 +249,40 @@ def test_roles_without_docs_rights_cannot_reach_the_document_admin(acme, client_
 def test_anonymous_is_sent_to_the_login(acme, client_for, in_acme):
     response = client_for(acme).get(CHANGELIST)
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+# --------------------------------------------------------------------------------------
+# The original file
+# --------------------------------------------------------------------------------------
+def test_an_uploaded_html_file_opens_sandboxed(admin_client, in_acme, upload):
+    """Uploaded HTML must never run script on the tenant's origin, where it would ride the
+    knowledge manager's admin session."""
+    page = b"<html><body><p>Returns policy</p><script>fetch('/admin/')</script></body></html>"
+    document = upload(page, "policy.html").document
+
+    response = admin_client.get(f"{CHANGELIST}{document.pk}/file/")
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"].startswith("inline")
+    assert response["Content-Security-Policy"].startswith("sandbox")
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert b"".join(response.streaming_content) == page
+
+
+def test_a_pdf_opens_unsandboxed_for_the_browsers_viewer(admin_client, in_acme, upload):
+    document = upload(doc("pdf/embedded-images-tables.pdf")).document
+
+    response = admin_client.get(f"{CHANGELIST}{document.pk}/file/")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/pdf"
+    assert "Content-Security-Policy" not in response
+
+
+def test_another_tenants_file_is_not_found(globex, client_for, seed_user, in_acme, upload):
+    document = upload(b"acme only", "secret.txt").document
+    globex_admin = client_for(globex, seed_user(globex, "knowledge_manager"))
+
+    response = globex_admin.get(f"{CHANGELIST}{document.pk}/file/")
+
+    assert response.status_code == 404
