@@ -565,6 +565,7 @@ def parse_args() -> argparse.Namespace:
         help="CHAT_SENTENCE_CACHE_PASSAGES=0 for daphne: every extractive answer embeds its passages' sentences",
     )
     parser.add_argument("--skip-openai", action="store_true")
+    parser.add_argument("--skip-extractive", action="store_true")
     parser.add_argument("--cleanup", action="store_true", help="only remove leftovers of a killed run")
     return parser.parse_args()
 
@@ -626,16 +627,18 @@ def main() -> int:
             f"sentence cache {'off' if args.no_sentence_cache else 'on'}"
         )
 
-        print("\n== extractive provider ==")
         results: dict[int, list[Sample]] = {}
-        with daphne(workdir, host, {"MILVUS_URI": milvus.url, "CHAT_PROVIDER": "extractive"}, args) as (port, log):
-            log_tail_if_failed(measure(schema, host, port, api_key, 1, 1, tag=False), log)  # warm-up
-            for concurrency in args.concurrency:
-                results[concurrency] = measure(
-                    schema, host, port, api_key, concurrency, rounds_for(concurrency, args), tag=False
-                )
-                report(f"{concurrency} concurrent", results[concurrency], schema)
-                log_tail_if_failed(results[concurrency], log)
+        if not args.skip_extractive:
+            print("\n== extractive provider ==")
+            env = {"MILVUS_URI": milvus.url, "CHAT_PROVIDER": "extractive"}
+            with daphne(workdir, host, env, args) as (port, log):
+                log_tail_if_failed(measure(schema, host, port, api_key, 1, 1, tag=False), log)  # warm-up
+                for concurrency in args.concurrency:
+                    results[concurrency] = measure(
+                        schema, host, port, api_key, concurrency, rounds_for(concurrency, args), tag=False
+                    )
+                    report(f"{concurrency} concurrent", results[concurrency], schema)
+                    log_tail_if_failed(results[concurrency], log)
 
         overheads: dict[int, dict[str, float]] = {}
         if not args.skip_openai:
