@@ -11,8 +11,8 @@ event loop (``put``, never blocks) and the relay sends them, in order, from the 
   sent for ``window`` seconds (so the first delta of an answer is never held back, nor is a
   slow model's token), otherwise it waits with the ones after it until ``window`` has passed
   since the last delta went out, or until ``max_chars`` characters are waiting. Any other
-  event sends what is waiting first. The deltas' texts are concatenated, never changed, so the merged
-  stream reassembles to exactly the same answer.
+  event sends what is waiting first. The deltas' texts are concatenated, never changed, so
+  the merged stream reassembles to exactly the same answer.
 """
 
 from __future__ import annotations
