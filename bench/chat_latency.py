@@ -16,6 +16,7 @@ asking at the same moment, measured by real websocket clients against a real dap
     .venv/bin/python bench/chat_latency.py                   # the figures in bench/README.md
     .venv/bin/python bench/chat_latency.py --rounds 2        # quicker
     .venv/bin/python bench/chat_latency.py --asgi-threads 64 # daphne's thread pool (ASGI_THREADS)
+    .venv/bin/python bench/chat_latency.py --no-sentence-cache  # extractive answers embed every sentence
     .venv/bin/python bench/chat_latency.py --cleanup         # remove the tenants of a killed run
 
 It works on the dev database (DJANGO_SETTINGS_MODULE=config.settings.local, database
@@ -347,6 +348,8 @@ def daphne(workdir: Path, host: str, env_extra: dict[str, str], args) -> Iterato
     }
     if args.asgi_threads:
         env["ASGI_THREADS"] = str(args.asgi_threads)
+    if args.no_sentence_cache:
+        env["CHAT_SENTENCE_CACHE_PASSAGES"] = "0"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
@@ -515,7 +518,8 @@ def report(label: str, samples: list[Sample], schema: str | None = None) -> None
     for s in samples:
         if s.error:
             errors[s.error] = errors.get(s.error, 0) + 1
-    print(f"\n{label}: {len(samples)} answers, {len(samples) - len(ok)} failed {errors or ''}")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{label}: {len(samples)} answers, {len(samples) - len(ok)} failed {errors or ''}  (load {load})")
     print(f"  first answer.delta (ms)   {summary([s.first_ms for s in ok if s.first_ms is not None])}")
     print(f"  answer.completed (ms)     {summary([s.done_ms for s in ok if s.done_ms is not None])}")
     if ok:
@@ -555,7 +559,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--llm-gap", type=float, default=15.0, help="ms between the model server's pieces")
     parser.add_argument("--llm-pieces", type=int, default=30)
     parser.add_argument("--asgi-threads", type=int, default=0, help="ASGI_THREADS for daphne (default: unset)")
+    parser.add_argument(
+        "--no-sentence-cache",
+        action="store_true",
+        help="CHAT_SENTENCE_CACHE_PASSAGES=0 for daphne: every extractive answer embeds its passages' sentences",
+    )
     parser.add_argument("--skip-openai", action="store_true")
+    parser.add_argument("--skip-extractive", action="store_true")
     parser.add_argument("--cleanup", action="store_true", help="only remove leftovers of a killed run")
     return parser.parse_args()
 
@@ -613,19 +623,22 @@ def main() -> int:
         print(
             f"tenant {schema} ({host}): {count} documents ingested in {time.perf_counter() - started:.1f} s; "
             f"Milvus Lite {milvus.url}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-            f"ASGI_THREADS={args.asgi_threads or 'unset'}"
+            f"ASGI_THREADS={args.asgi_threads or 'unset'}; "
+            f"sentence cache {'off' if args.no_sentence_cache else 'on'}"
         )
 
-        print("\n== extractive provider ==")
         results: dict[int, list[Sample]] = {}
-        with daphne(workdir, host, {"MILVUS_URI": milvus.url, "CHAT_PROVIDER": "extractive"}, args) as (port, log):
-            log_tail_if_failed(measure(schema, host, port, api_key, 1, 1, tag=False), log)  # warm-up
-            for concurrency in args.concurrency:
-                results[concurrency] = measure(
-                    schema, host, port, api_key, concurrency, rounds_for(concurrency, args), tag=False
-                )
-                report(f"{concurrency} concurrent", results[concurrency], schema)
-                log_tail_if_failed(results[concurrency], log)
+        if not args.skip_extractive:
+            print("\n== extractive provider ==")
+            env = {"MILVUS_URI": milvus.url, "CHAT_PROVIDER": "extractive"}
+            with daphne(workdir, host, env, args) as (port, log):
+                log_tail_if_failed(measure(schema, host, port, api_key, 1, 1, tag=False), log)  # warm-up
+                for concurrency in args.concurrency:
+                    results[concurrency] = measure(
+                        schema, host, port, api_key, concurrency, rounds_for(concurrency, args), tag=False
+                    )
+                    report(f"{concurrency} concurrent", results[concurrency], schema)
+                    log_tail_if_failed(results[concurrency], log)
 
         overheads: dict[int, dict[str, float]] = {}
         if not args.skip_openai:

@@ -340,15 +340,22 @@ def conversation_ask(
         user_message.metadata["standalone_question"] = standalone
         user_message.save(update_fields=["metadata", "updated_at"])
 
+    from apps.knowledge.pipeline.embed import get_embedder
     from apps.knowledge.search import MAX_QUERY_CHARS, chunk_search
+    from apps.knowledge.vectorstore import text_normalize
 
     t = time.perf_counter()
+    query = standalone[:MAX_QUERY_CHARS].strip()  # a question may be longer than a search query
+    # Embedded once, here: the search uses it (unless its cache answers) and so does the
+    # extractive answer, to rank the passages' sentences.
+    query_vector = get_embedder().embed([text_normalize(query)])[0]
     result = chunk_search(
         tenant=_current_tenant(),
-        query=standalone[:MAX_QUERY_CHARS],  # a question may be longer than a search query
+        query=query,
         top_k=settings.ANSWER_RETRIEVAL_TOP_K,
         mode="hybrid",
         user_id=getattr(actor, "pk", None) if hasattr(actor, "email") else None,
+        query_vector=query_vector,
     )
     retrieval_ms = (time.perf_counter() - t) * 1000
     relevant = _relevant(result.hits, standalone)
@@ -392,6 +399,7 @@ def conversation_ask(
         emit=emit,
         timing=timing,
         started=started,
+        query_vector=query_vector,
     )
 
 
@@ -447,7 +455,19 @@ def _pieces(text: str):
 
 
 def _answer_generate(
-    *, conversation, actor, user_message, question, standalone, lang, sources, history, emit, timing, started
+    *,
+    conversation,
+    actor,
+    user_message,
+    question,
+    standalone,
+    lang,
+    sources,
+    history,
+    emit,
+    timing,
+    started,
+    query_vector=None,
 ):
     from apps.chat.llm import ChatMessage, LLMError, build_grounded_messages, citations_filter, get_chat_provider
 
@@ -460,7 +480,7 @@ def _answer_generate(
         if provider is None:
             from apps.chat.extractive import compose
 
-            text, _cited = compose(question=question, sources=sources)
+            text, _cited = compose(question=question, sources=sources, question_vector=query_vector)
             for piece in _pieces(text):
                 if first_token_ms is None:
                     first_token_ms = (time.perf_counter() - started) * 1000

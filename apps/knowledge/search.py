@@ -241,8 +241,11 @@ def chunk_search(
     mode: str = "hybrid",
     use_cache: bool = True,
     user_id: Any = None,
+    query_vector: list[float] | None = None,
 ) -> SearchResult:
-    """Search the tenant's indexed chunks. See the module docstring."""
+    """Search the tenant's indexed chunks. See the module docstring. ``query_vector``: the
+    query's embedding, ``embed([text_normalize(query)])``, when the caller has computed it
+    already (chat reuses it to compose the answer); it is not part of the cache key."""
     if connection.schema_name != tenant.schema_name:
         with schema_context(tenant.schema_name):
             return chunk_search(
@@ -253,6 +256,7 @@ def chunk_search(
                 mode=mode,
                 use_cache=use_cache,
                 user_id=user_id,
+                query_vector=query_vector,
             )
     started = time.perf_counter()
     query = _validate(query, top_k, mode)
@@ -268,7 +272,9 @@ def chunk_search(
             _record_usage(mode=mode, hits=len(result.hits), cached=True, user_id=user_id)
             return result
 
-    result = _search_uncached(query=query, top_k=top_k, filters=filters, mode=mode, conf=conf, started=started)
+    result = _search_uncached(
+        query=query, top_k=top_k, filters=filters, mode=mode, conf=conf, started=started, query_vector=query_vector
+    )
     if key:
         cache.set(key, result.as_dict(), timeout=settings.SEARCH_CACHE_TTL)
     _record_usage(mode=mode, hits=len(result.hits), cached=False, user_id=user_id)
@@ -288,7 +294,12 @@ def _record_usage(*, mode: str, hits: int, cached: bool, user_id: Any) -> None:
 
 
 def search_candidates(
-    *, query: str, mode: str, limit: int, document_ids: list[str] | None = None
+    *,
+    query: str,
+    mode: str,
+    limit: int,
+    document_ids: list[str] | None = None,
+    query_vector: list[float] | None = None,
 ) -> tuple[list[Any], list[Any], dict[str, float]]:
     """The raw candidate lists of the current tenant, best first: (dense hits, BM25 hits,
     timings). A mode that does not use one of the lists leaves it empty."""
@@ -301,7 +312,7 @@ def search_candidates(
     dense_hits, bm25_hits = [], []
     if mode in ("dense", "hybrid"):
         t = time.perf_counter()
-        vector = get_embedder().embed([text_normalize(query)])[0]
+        vector = query_vector if query_vector is not None else get_embedder().embed([text_normalize(query)])[0]
         timings["embed_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         dense_hits = vectors_search_dense(tenant_key=key, vector=vector, limit=limit, document_ids=document_ids)
@@ -349,14 +360,21 @@ def fuse(dense_hits: list[Any], bm25_hits: list[Any], conf: dict) -> list[tuple[
 
 
 def _search_uncached(
-    *, query: str, top_k: int, filters: SearchFilters, mode: str, conf: dict, started: float
+    *,
+    query: str,
+    top_k: int,
+    filters: SearchFilters,
+    mode: str,
+    conf: dict,
+    started: float,
+    query_vector: list[float] | None = None,
 ) -> SearchResult:
     allowed = _allowed_documents(filters)
     if allowed is not None and not allowed:
         timings = {"embed_ms": 0.0, "milvus_ms": 0.0}
         return SearchResult(query=query, mode=mode, top_k=top_k, hits=[], timings=_finish(timings, started))
     dense_hits, bm25_hits, timings = search_candidates(
-        query=query, mode=mode, limit=candidate_limit(top_k, conf), document_ids=allowed
+        query=query, mode=mode, limit=candidate_limit(top_k, conf), document_ids=allowed, query_vector=query_vector
     )
     ranked = fuse(dense_hits, bm25_hits, conf)
     fused = dict(ranked)

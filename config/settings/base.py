@@ -350,6 +350,19 @@ CHAT_STREAM_IDLE_TIMEOUT = env.float("CHAT_STREAM_IDLE_TIMEOUT", default=30.0)  
 CHAT_MAX_RETRIES = env.int("CHAT_MAX_RETRIES", default=2)  # connection/429/5xx, before the first token only
 CHAT_MAX_TOKENS = env.int("CHAT_MAX_TOKENS", default=800)  # per answer; 0 leaves it to the server
 CHAT_TEMPERATURE = env.float("CHAT_TEMPERATURE", default=0.1)
+# Websocket answers: each one holds a thread of its own pool while it is generated (the model's
+# stream included); the deltas are merged to one event per CHAT_STREAM_FLUSH_MS (the first is
+# never held), or sooner once CHAT_STREAM_FLUSH_CHARS characters wait. See apps/chat/streaming.py.
+CHAT_ANSWER_THREADS = env.int("CHAT_ANSWER_THREADS", default=32)
+# Each answer thread keeps its database connection between answers for this many seconds
+# (health-checked); 0 closes it after every answer. At most CHAT_ANSWER_THREADS connections
+# per web process. Django's own CONN_MAX_AGE (DATABASE_CONN_MAX_AGE) must stay 0 under ASGI.
+CHAT_DB_CONN_MAX_AGE = env.int("CHAT_DB_CONN_MAX_AGE", default=300)
+CHAT_STREAM_FLUSH_MS = env.float("CHAT_STREAM_FLUSH_MS", default=40.0)
+CHAT_STREAM_FLUSH_CHARS = env.int("CHAT_STREAM_FLUSH_CHARS", default=400)
+# Extractive answers: sentence embeddings of this many cited passages kept per process (LRU,
+# per tenant; about 30 KB a passage of 15 sentences). 0 turns the cache off.
+CHAT_SENTENCE_CACHE_PASSAGES = env.int("CHAT_SENTENCE_CACHE_PASSAGES", default=1000)
 # ------------------------------------------------------------------ end chat / llm
 MODEL_WARMUP = env.bool("MODEL_WARMUP", default=True)  # load models when a web process starts
 # A task whose worker died unacknowledged comes back after this long (Redis broker); the

@@ -26,3 +26,6 @@ DATABASES["default"]["TEST"] = {  # noqa: F405
 }
 STATIC_ROOT = None  # tests serve no collected static files (and WhiteNoise then stays quiet)
 MODEL_WARMUP = False
+# Answer threads close their connections after every answer, or the test database could not
+# be dropped at the end of a run (test_consumers.py checks the keeping itself).
+CHAT_DB_CONN_MAX_AGE = 0

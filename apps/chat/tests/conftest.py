@@ -212,6 +212,29 @@ def ask(seed_user) -> Callable[..., Any]:
     return run
 
 
+@pytest.fixture
+def embed_calls(monkeypatch):
+    """Every list of texts the embedder is asked for from now on (after the documents of
+    the test are indexed), the sentence cache emptied first."""
+    from apps.chat.extractive import sentence_vectors
+    from apps.knowledge.pipeline.embed import get_embedder
+
+    def start() -> list[list[str]]:
+        sentence_vectors().clear()
+        embedder = get_embedder()
+        calls: list[list[str]] = []
+        original = embedder.embed
+
+        def counting(texts):
+            calls.append(list(texts))
+            return original(texts)
+
+        monkeypatch.setattr(embedder, "embed", counting)
+        return calls
+
+    return start
+
+
 CITED = re.compile(r"(?P<text>[^\[\]]+?)\s*\[(?P<number>\d+)\]")
 
 

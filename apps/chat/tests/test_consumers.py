@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connections
 from django_tenants.utils import schema_context
 
+from apps.chat.extractive import stream_grouped
 from apps.chat.models import Conversation, Message, MessageSource
 from apps.chat.tests.conftest import cited_passages, event_types
 from apps.chat.tests.test_services import UNKNOWN, refund_question, warranty_question
@@ -117,11 +118,13 @@ async def test_agent_asks_and_receives_the_stream_in_order(kb, conversation, age
 
     assert event_types(events) == STREAM
     deltas = [e for e in events if e["type"] == "answer.delta"]
-    assert len(deltas) >= 3
     created, sources, completed = events[0], events[-2], events[-1]
     assert created["client_id"] == "tab-1:7"
     assert created["message"]["role"] == "user" and created["message"]["content"] == warranty_question(kb)
     answer = completed["message"]
+    # Deltas are merged on the way (EventRelay), but never the first one, which goes out alone.
+    assert len(deltas) >= 2
+    assert deltas[0]["delta"] == next(stream_grouped(answer["content"]))
     assert "".join(d["delta"] for d in deltas).strip() == answer["content"]
     assert sources["message_id"] == answer["id"] and sources["sources"]
     for text, number in cited_passages(answer["content"]):
@@ -173,8 +176,11 @@ async def test_a_long_answer_reaches_every_tab_whole(kb, conversation, agent_coo
 
     for events in received:
         assert event_types(events) == STREAM
-        assert "".join(e["delta"] for e in events if e["type"] == "answer.delta") == "".join(pieces) + "[1]."
+        deltas = [e["delta"] for e in events if e["type"] == "answer.delta"]
+        assert "".join(deltas) == "".join(pieces) + "[1]."  # merged, character for character
+        assert deltas[0] == pieces[0] and len(deltas) < len(pieces)
         assert events[-1]["message"]["content"] == "".join(pieces) + "[1]."
+    assert received[1] == received[2] == received[0]  # every tab saw the same events
 
 
 async def test_the_channel_layer_holds_a_long_answer_for_many_sockets(committed):
@@ -425,3 +431,74 @@ async def test_suspended_tenant_is_refused(initech_conversation, initech_cookie)
     """A session that really exists in initech's schema, on a conversation that exists there."""
     code = await refused(socket("initech.localhost", initech_conversation.pk, cookie=initech_cookie))
     assert code == CLOSE_TENANT_SUSPENDED
+
+
+# --------------------------------------------------------------------------------------
+# The answer threads' database connections
+# --------------------------------------------------------------------------------------
+def on_a_thread(work):
+    """``work()`` on a thread of its own (as on an answer thread), its connection closed after."""
+    from django.db import connection
+
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+            out["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(TIMEOUT)
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def test_an_answer_thread_keeps_a_healthy_connection_for_its_next_answer(committed_db, settings):
+    from django.db import connection
+
+    from apps.chat.consumers import answer_connection_release
+
+    settings.CHAT_DB_CONN_MAX_AGE = 300
+
+    def answers():
+        answer_connection_release()  # start of the first answer: nothing open yet
+        first = backend_pid()
+        answer_connection_release()  # its end
+        answer_connection_release()  # the next answer's start
+        second = backend_pid()
+        connection.connection.close()  # the server went away meanwhile
+        answer_connection_release()
+        answer_connection_release()
+        third = backend_pid()  # the ping before reuse found it dead: a new connection
+        return first, second, third
+
+    first, second, third = on_a_thread(answers)
+    assert first == second != third
+
+
+def test_without_a_max_age_the_connection_is_closed_after_each_answer(committed_db, settings):
+    from django.db import connection
+
+    from apps.chat.consumers import answer_connection_release
+
+    settings.CHAT_DB_CONN_MAX_AGE = 0
+
+    def answer():
+        backend_pid()
+        answer_connection_release()
+        return connection.connection
+
+    assert on_a_thread(answer) is None

@@ -436,3 +436,25 @@ def test_another_tenants_conversation_does_not_exist_here(acme, globex, conversa
     with schema_context("globex"):
         assert selectors.conversation_get(conversation_id=conversation.pk) is None
         assert selectors.message_get(message_id=message.pk) is None
+
+
+# --------------------------------------------------------------------------------------
+# The question is embedded once per answer
+# --------------------------------------------------------------------------------------
+def test_the_question_is_embedded_once_for_search_and_answer(acme, knowledge, conversation_of, ask, embed_calls):
+    kb = knowledge(acme)
+    calls = embed_calls()
+    question = warranty_question(kb)
+
+    first, _ = ask(acme, conversation_of(acme), question)
+
+    assert first.assistant_message.metadata["answered"] is True
+    assert calls[0] == [question]  # for the search, which reused it, as did the answer
+    assert sum(text == question for batch in calls for text in batch) == 1
+    assert len(calls) == 2 and question not in calls[1]  # then the cited passages' sentences, once
+
+    calls.clear()
+    second, _ = ask(acme, conversation_of(acme), question)  # the search cache and the sentence cache answer
+
+    assert calls == [[question]]
+    assert second.assistant_message.content == first.assistant_message.content

@@ -1,0 +1,59 @@
+"""The extractive answer's sentence-embedding cache: per tenant, per model, per passage text;
+an answer is the same whether its sentences were cached or not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from apps.chat.extractive import SentenceVectors, sentence_vectors
+from apps.chat.tests.test_services import warranty_question
+
+
+def test_keys_differ_by_tenant_model_and_text():
+    key = SentenceVectors.key(schema="acme", model="m", text="The warranty lasts two years.")
+    assert key == SentenceVectors.key(schema="acme", model="m", text="The warranty lasts two years.")
+    assert key != SentenceVectors.key(schema="globex", model="m", text="The warranty lasts two years.")
+    assert key != SentenceVectors.key(schema="acme", model="other", text="The warranty lasts two years.")
+    assert key != SentenceVectors.key(schema="acme", model="m", text="The warranty lasts three years.")
+
+
+def test_least_recently_used_passages_leave_first():
+    cache = SentenceVectors(2)
+    a, b, c = (SentenceVectors.key(schema="acme", model="m", text=t) for t in "abc")
+    cache.put(a, np.zeros((1, 2), np.float32))
+    cache.put(b, np.ones((1, 2), np.float32))
+    assert cache.get(a) is not None  # a is now the most recent
+    cache.put(c, np.ones((1, 2), np.float32))
+    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
+    off = SentenceVectors(0)
+    off.put(a, np.zeros((1, 2), np.float32))
+    assert off.get(a) is None and len(off) == 0
+
+
+def sentence_batches(calls: list[list[str]], question: str) -> list[list[str]]:
+    return [batch for batch in calls if batch != [question]]
+
+
+def test_the_same_passage_in_another_tenant_is_embedded_again(
+    acme, globex, knowledge, conversation_of, ask, embed_calls
+):
+    token = knowledge(acme).token
+    kb = knowledge(globex, token=token)  # the very same documents, word for word
+    calls = embed_calls()
+    question = warranty_question(kb)
+
+    in_acme, _ = ask(acme, conversation_of(acme), question)
+    acme_sentences = sentence_batches(calls, question)
+    calls.clear()
+    in_globex, _ = ask(globex, conversation_of(globex), question)
+    globex_sentences = sentence_batches(calls, question)
+
+    assert acme_sentences and globex_sentences == acme_sentences  # globex did not read acme's entries
+    assert in_globex.assistant_message.content == in_acme.assistant_message.content
+    schemas = {key[0] for key in sentence_vectors()._entries}
+    assert {"acme", "globex"} <= schemas
+
+    calls.clear()
+    again, _ = ask(globex, conversation_of(globex), question)
+    assert sentence_batches(calls, question) == []  # globex's own entries now answer
+    assert again.assistant_message.content == in_globex.assistant_message.content
