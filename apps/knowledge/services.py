@@ -21,7 +21,8 @@ from typing import Any
 from django.conf import settings
 from django.core.files import File
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Max
+from django.db.models.functions import Greatest
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
@@ -37,6 +38,7 @@ CHUNK_NAMESPACE = uuid.UUID("6f1c1d52-6b0e-4a5e-9a43-5f8d9a0c2b71")
 EDITABLE_FIELDS = ("title", "category", "tags", "language")
 # Progress bands: extract+chunk 0–40, embed 40–90, index 90–100.
 BANDS = {"extract": (2, 40), "chunk": (40, 42), "embed": (42, 90), "index": (90, 100)}
+PROGRESS_INTERVAL = 0.3  # seconds between progress writes (and pushes) of one document
 
 
 class FileTooLarge(ApplicationError):
@@ -295,6 +297,7 @@ def document_delete(*, document: Document, actor: Any) -> Document:
     document.status = Document.Status.DELETED
     document.deleted_at = timezone.now()
     document.save(update_fields=["status", "deleted_at", "updated_at"])
+    chunk_bound = document_chunk_bound(document)  # before its chunk rows go
     DocumentChunk.objects.filter(document=document).delete()
     usage_record(
         usage_type="storage",
@@ -310,13 +313,13 @@ def document_delete(*, document: Document, actor: Any) -> Document:
         old_values={"status": old_status},
         new_values={"status": Document.Status.DELETED},
     )
-    _vectors_delete_on_commit(document_id=str(document.pk))
+    _vectors_delete_on_commit(document_id=str(document.pk), chunk_bound=chunk_bound)
     _search_cache_invalidate_on_commit()
     transaction.on_commit(lambda: _progress_push(document))  # not for a delete that rolls back
     return document
 
 
-def _vectors_delete_on_commit(*, document_id: str) -> None:
+def _vectors_delete_on_commit(*, document_id: str, chunk_bound: int) -> None:
     schema = connection.schema_name
     key = tenant_key()
 
@@ -326,7 +329,7 @@ def _vectors_delete_on_commit(*, document_id: str) -> None:
         from apps.knowledge.tasks import document_vectors_delete_task
 
         with schema_context(schema):
-            document_vectors_delete_task.delay(key, document_id)
+            document_vectors_delete_task.delay(key, document_id, chunk_bound)
 
     transaction.on_commit(send)
 
@@ -387,24 +390,28 @@ def _progress_push(document: Document) -> None:
 
 
 class _Progress:
-    """Writes processing_progress as a stage advances (only when the percentage moves)."""
+    """Writes processing_progress as a stage advances: only when the percentage moves, and
+    at most once per PROGRESS_INTERVAL (a 1-chunk document would otherwise pay an UPDATE
+    and a websocket push per stage). Each write is pushed to the live views. The final
+    value is never throttled: the swap-in writes 100 with the status, and the end of
+    ``document_process`` pushes it."""
 
     def __init__(self, document: Document):
         self.document = document
-        self.last = document.processing_progress
-        self.last_push = 0.0
+        self.last = document.processing_progress  # the value in the database
+        self.written_at = time.monotonic()
 
     def set(self, percent: int) -> None:
         percent = max(0, min(99, int(percent)))
         if percent <= self.last:
             return
-        self.last = percent
+        now = time.monotonic()
+        if now - self.written_at < PROGRESS_INTERVAL:
+            return
+        self.last, self.written_at = percent, now
         Document.objects.filter(pk=self.document.pk).update(processing_progress=percent, updated_at=timezone.now())
         self.document.processing_progress = percent
-        now = time.monotonic()
-        if now - self.last_push > 0.25:
-            self.last_push = now
-            _progress_push(self.document)
+        _progress_push(self.document)
 
     def band(self, stage: str) -> Callable[[int, int], None]:
         lo, hi = BANDS[stage]
@@ -463,11 +470,30 @@ def chunk_uuid(document_id: Any, chunk_index: int) -> uuid.UUID:
 def document_claim(*, document_id: Any) -> Document | None:
     """Take a document for processing: only one in ``processing``; counts the attempt."""
     updated = Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING).update(
-        attempts=F("attempts") + 1, updated_at=timezone.now()
+        attempts=F("attempts") + 1, processing_progress=Greatest(F("processing_progress"), 1), updated_at=timezone.now()
     )
     if not updated:
         return None
     return Document.objects.get(pk=document_id)
+
+
+def document_chunk_bound(document: Document) -> int:
+    """The most chunks any run of this document had so far: its vectors can only have the
+    ids ``chunk_uuid(document, i)`` for i below that, so they can be deleted by primary key
+    without asking Milvus (a query by document scans the tenant's whole partition). Every
+    run that wrote a vector logged its chunk count first (the chunk stage ends before the
+    embed stage starts). 0 before a document's first processing: nothing of it can be in
+    Milvus yet."""
+    logged = DocumentProcessingLog.objects.filter(document=document, stage="chunk").values_list("details", flat=True)
+    bound = max((int((details or {}).get("chunks") or 0) for details in logged), default=0)
+    if document.indexed_at is not None:  # swapped in before: its chunk rows say so too
+        top = DocumentChunk.objects.filter(document=document).aggregate(top=Max("chunk_index"))["top"]
+        bound = max(bound, top + 1 if top is not None else 0)
+    return bound
+
+
+def document_vector_ids(document_id: Any, chunk_bound: int) -> list[str]:
+    return [str(chunk_uuid(document_id, i)) for i in range(chunk_bound)]
 
 
 def document_process(*, document_id: Any) -> Document | None:
@@ -475,17 +501,23 @@ def document_process(*, document_id: Any) -> Document | None:
     ``processing`` is left alone; a rerun produces the same chunk ids and vectors.
     Bad input ends as ``failed`` with a readable message; transient errors (Milvus or the
     embedding provider unreachable) propagate as ``PipelineError(transient=True)`` for the
-    task to retry."""
+    task to retry.
+
+    Vectors are written while the next batch is embedded (``VectorWriter``: a background
+    thread, through the same serialised write path); the chunk rows are swapped in once
+    every vector is written, so searchers see the old version or the new one."""
     from apps.knowledge.pipeline.chunk import chunk_sections
     from apps.knowledge.pipeline.embed import embed_texts, get_embedder
     from apps.knowledge.pipeline.extract import extract
-    from apps.knowledge.vectorstore import VectorRow, vectors_delete, vectors_upsert
+    from apps.knowledge.vectorstore import VectorRow, VectorWriter, vectors_delete, vectors_delete_ids
 
     document = document_claim(document_id=document_id)
     if document is None:
         return None
+    _progress_push(document)  # a worker has it
     progress = _Progress(document)
-    progress.set(1)
+    earlier_chunks = document_chunk_bound(document)
+    replaced: list[Document] | None = None
     try:
         with _local_copy(document) as path, _stage(document, "extract") as details:
             sections = list(extract(path=path, file_type=document.file_type, progress=progress.band("extract")))
@@ -504,49 +536,68 @@ def document_process(*, document_id: Any) -> Document | None:
                 raise ExtractionError("No text found in the document.", code="empty")
             details.update(chunks=len(chunks), tokens=sum(c.token_count for c in chunks))
             progress.band("chunk")(1, 1)
-        with _stage(document, "embed") as details:
-            embedder = get_embedder()
-            vectors = embed_texts([c.content for c in chunks], progress=progress.band("embed"))
-            details.update(provider=embedder.name, dimension=embedder.dimension, vectors=len(vectors))
-        with _stage(document, "index") as details:
-            key = tenant_key()
-            rows = []
-            for chunk, vector in zip(chunks, vectors, strict=True):
-                chunk_id = str(chunk_uuid(document.pk, chunk.index))
-                rows.append(
-                    VectorRow(
-                        id=chunk_id,
-                        document_id=str(document.pk),
-                        chunk_id=chunk_id,
-                        vector=vector,
-                        content=chunk.content,
-                        metadata=chunk.metadata,
-                    )
+        key = tenant_key()
+        document_key = str(document.pk)
+        ids = [str(chunk_uuid(document.pk, c.index)) for c in chunks]
+
+        def rows(start: int, vectors: list[list[float]]) -> list[VectorRow]:
+            return [
+                VectorRow(
+                    id=ids[i],
+                    document_id=document_key,
+                    chunk_id=ids[i],
+                    vector=vector,
+                    content=chunks[i].content,
+                    metadata=chunks[i].metadata,
                 )
-            report = progress.band("index")
-            batch = 256
-            for start in range(0, len(rows), batch):
-                vectors_upsert(tenant_key=key, rows=rows[start : start + batch], dimension=embedder.dimension)
-                report(start + batch, len(rows))
-            # Rows left from an earlier run with more chunks.
-            vectors_delete(tenant_key=key, document_id=str(document.pk), keep_ids=[r.id for r in rows])
-            replaced = _document_swap_in(document=document, chunks=chunks)
-            details.update(vectors=len(rows), replaced=[str(old.pk) for old in replaced or []])
+                for i, vector in enumerate(vectors, start=start)
+            ]
+
+        with VectorWriter(tenant_key=key) as writer:
+            with _stage(document, "embed") as details:
+                embedder = get_embedder()
+                vectors = embed_texts(
+                    [c.content for c in chunks],
+                    progress=progress.band("embed"),
+                    on_batch=lambda start, batch: writer.put(rows(start, batch)),
+                )
+                details.update(provider=embedder.name, dimension=embedder.dimension, vectors=len(vectors))
+            with _stage(document, "index") as details:
+                waited = time.perf_counter()
+                writer.close()
+                # Vectors of an earlier run with more chunks (only if the chunker or its
+                # settings changed in between: the bytes of a document never do).
+                stale = document_vector_ids(document.pk, earlier_chunks)[len(chunks) :]
+                vectors_delete_ids(tenant_key=key, ids=stale)
+                replaced = _document_swap_in(document=document, chunks=chunks)
+                details.update(
+                    vectors=writer.rows_written,
+                    upserts=writer.upserts,
+                    upsert_seconds=round(writer.seconds, 3),  # in the background, mostly during embed
+                    upsert_wait_seconds=round(time.perf_counter() - waited, 3),
+                    stale_deleted=len(stale),
+                    replaced=[str(old.pk) for old in replaced or []],
+                )
         if replaced is None and Document.objects.filter(pk=document.pk, status=Document.Status.DELETED).exists():
             # Deleted while we worked: its delete task may have run before our upserts.
-            vectors_delete(tenant_key=key, document_id=str(document.pk))
+            vectors_delete_ids(tenant_key=key, ids=document_vector_ids(document.pk, max(len(ids), earlier_chunks)))
         for old in replaced or []:
+            # By lookup: an older version's runs are not this run's to know (and this is
+            # once per new version, not per document).
             vectors_delete(tenant_key=key, document_id=str(old.pk))
     except PipelineError as exc:
         if exc.transient:
             raise
         document_fail(document=document, code=exc.code, message=exc.message)
+        return document
     except Exception as exc:  # noqa: BLE001 - never crash the worker; say what happened
         logger.exception("Processing document %s failed", document.pk)
         document_fail(
             document=document, code="internal_error", message=f"Processing failed: {type(exc).__name__}: {exc}"
         )
-    document.refresh_from_db()
+        return document
+    if replaced is None:  # not swapped in (deleted or reset meanwhile): say what it is now
+        document.refresh_from_db()
     _progress_push(document)
     return document
 
@@ -556,8 +607,9 @@ def _document_swap_in(*, document: Document, chunks: list) -> list[Document] | N
     """Make the new chunks (and, for a new version, the new document) the searchable ones in
     one transaction: search maps vector hits back to indexed documents, so readers see the
     old version until this commits and the new one after. Returns the older versions it
-    retired, or None when the document was no longer ``processing`` (nothing swapped in)."""
-    document = Document.objects.select_for_update().get(pk=document.pk)
+    retired, or None when the document was no longer ``processing`` (nothing swapped in).
+    The caller's ``document`` gets the new status and progress."""
+    caller, document = document, Document.objects.select_for_update().get(pk=document.pk)
     if document.status != Document.Status.PROCESSING:
         return None  # deleted or reset while we worked
     DocumentChunk.objects.filter(document=document).delete()
@@ -629,6 +681,8 @@ def _document_swap_in(*, document: Document, chunks: list) -> list[Document] | N
         resource_id=document.pk,
         new_values={"chunks": len(chunks), "version": document.version},
     )
+    for field in ("status", "processing_progress", "indexed_at", "error_code", "error_message", "updated_at"):
+        setattr(caller, field, getattr(document, field))
     return replaced
 
 

@@ -41,12 +41,19 @@ def document_process_task(self, document_id: str) -> dict | None:
 
 
 @shared_task(base=TenantTask, bind=True, name="knowledge.document_vectors_delete", acks_late=True, max_retries=8)
-def document_vectors_delete_task(self, tenant_key: str, document_id: str) -> None:
+def document_vectors_delete_task(self, tenant_key: str, document_id: str, chunk_bound: int | None = None) -> None:
+    """Remove a deleted document's vectors: by primary key when the service sent how many
+    chunks its runs had (``services.document_chunk_bound``: the ids are deterministic), else
+    (a message queued before that was sent) by looking them up in the tenant's partition."""
     from apps.knowledge.pipeline.types import PipelineError
-    from apps.knowledge.vectorstore import vectors_delete
+    from apps.knowledge.services import document_vector_ids
+    from apps.knowledge.vectorstore import vectors_delete, vectors_delete_ids
 
     try:
-        vectors_delete(tenant_key=tenant_key, document_id=document_id)
+        if chunk_bound is None:
+            vectors_delete(tenant_key=tenant_key, document_id=document_id)
+        else:
+            vectors_delete_ids(tenant_key=tenant_key, ids=document_vector_ids(document_id, chunk_bound))
     except PipelineError as exc:
         if exc.transient:
             raise self.retry(exc=exc, countdown=min(RETRY_BACKOFF_MAX, 2 ** (self.request.retries + 1))) from exc

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import queue
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,9 +107,19 @@ ANALYZER_PARAMS = {
     "tokenizer": "jieba",
     "filter": ["lowercase", {"type": "stop", "stop_words": BM25_STOP_WORDS}],
 }
+# The lock is a lease: held for LOCK_LEASE seconds at a time and renewed by the holder
+# while it writes (up to MILVUS_WRITE_LOCK_TIMEOUT in all), so a writer killed while
+# holding it (SIGKILL, OOM) blocks the others for seconds, not minutes.
+LOCK_LEASE = 15.0
 _client_lock = threading.Lock()
 _clients: dict[str, Any] = {}
+# Per-process caches of what this process has seen in Milvus, so the write and search
+# paths do not ask again on every call: partitions created (name, partition), collections
+# known to exist (uri, name) and collections ensured for a dimension (uri, name, dim).
+# Forgotten on any Milvus error in those paths, on collection_drop and on client_reset.
 _ready: set[tuple[str, str]] = set()
+_existing: set[tuple[str, str]] = set()
+_ensured: set[tuple[str, str, int]] = set()
 
 
 class VectorStoreError(PipelineError):
@@ -154,6 +166,19 @@ def client_reset() -> None:
                 client.close()
         _clients.clear()
         _ready.clear()
+        _existing.clear()
+        _ensured.clear()
+
+
+def _forget(name: str) -> None:
+    """Drop what this process believes about collection ``name`` (after an error: it may
+    have been dropped or recreated by another process, or the server restarted)."""
+    for key in [k for k in _ready if k[0] == name]:
+        _ready.discard(key)
+    for key in [k for k in _existing if k[1] == name]:
+        _existing.discard(key)
+    for key in [k for k in _ensured if k[1] == name]:
+        _ensured.discard(key)
 
 
 @contextlib.contextmanager
@@ -184,14 +209,30 @@ def vector_write_lock() -> Iterator[None]:
     """One writer at a time across every process (see module docstring)."""
     from django_redis import get_redis_connection
 
+    lease = min(LOCK_LEASE, float(settings.MILVUS_WRITE_LOCK_TIMEOUT))
     lock = get_redis_connection("default").lock(
-        "zhida:milvus:write", timeout=settings.MILVUS_WRITE_LOCK_TIMEOUT, blocking_timeout=settings.MILVUS_TIMEOUT * 4
+        "zhida:milvus:write",
+        timeout=lease,
+        blocking_timeout=settings.MILVUS_TIMEOUT * 4,
+        thread_local=False,  # renewed from the keeper thread below
     )
     if not lock.acquire():
         raise VectorStoreError("Timed out waiting for the vector write lock.")
+    released = threading.Event()
+
+    def keep() -> None:
+        deadline = time.monotonic() + settings.MILVUS_WRITE_LOCK_TIMEOUT
+        while not released.wait(lease / 3) and time.monotonic() + lease / 3 < deadline:
+            with contextlib.suppress(Exception):  # lost it: the writer's own RPC decides
+                lock.reacquire()
+
+    keeper = threading.Thread(target=keep, name="milvus-write-lease", daemon=True)
+    keeper.start()
     try:
         yield
     finally:
+        released.set()
+        keeper.join()
         with contextlib.suppress(Exception):
             lock.release()
 
@@ -239,8 +280,11 @@ def _index_params(client):
 
 def collection_ensure(*, dimension: int) -> str:
     """Create the collection if missing (dimension from the embedding provider) and load it.
-    A collection made for another dimension is a configuration error, said plainly."""
+    A collection made for another dimension is a configuration error, said plainly.
+    Once per process (3 RPCs): later calls for the same dimension return at once."""
     name = settings.MILVUS_COLLECTION
+    if (settings.MILVUS_URI, name, dimension) in _ensured:
+        return name
     client = _client()
     with _milvus_errors():
         if not client.has_collection(name):
@@ -257,6 +301,8 @@ def collection_ensure(*, dimension: int) -> str:
                     transient=False,
                 )
         client.load_collection(name)
+    _ensured.add((settings.MILVUS_URI, name, dimension))
+    _existing.add((settings.MILVUS_URI, name))
     return name
 
 
@@ -265,13 +311,44 @@ def collection_exists() -> bool:
         return _client().has_collection(settings.MILVUS_COLLECTION)
 
 
+def _collection_known(client, name: str) -> bool:
+    """Whether the collection exists, asked once per process while it does."""
+    key = (settings.MILVUS_URI, name)
+    if key in _existing:
+        return True
+    with _milvus_errors():
+        exists = bool(client.has_collection(name))
+    if exists:
+        _existing.add(key)
+    return exists
+
+
+def _on_collection(default: Any, call: Any) -> Any:
+    """``call(client, name)`` if the collection exists, else ``default``. The existence is
+    cached; when the call fails the cache is dropped and, if the collection turns out to be
+    gone (dropped by another process), the answer is ``default`` as if it had been asked."""
+    name = settings.MILVUS_COLLECTION
+    client = _client()
+    if not _collection_known(client, name):
+        return default
+    try:
+        with _milvus_errors():
+            return call(client, name)
+    except VectorStoreError:
+        _forget(name)
+        if not collection_exists():
+            return default
+        raise
+
+
 def collection_drop() -> None:
     """Drop the whole collection, every tenant's vectors with it (evaluation collections)."""
     name = settings.MILVUS_COLLECTION
-    with vector_write_lock(), _milvus_errors():
-        _client().drop_collection(name)
-    for key in [k for k in _ready if k[0] == name]:
-        _ready.discard(key)
+    try:
+        with vector_write_lock(), _milvus_errors():
+            _client().drop_collection(name)
+    finally:
+        _forget(name)
 
 
 def collection_flush() -> None:
@@ -326,12 +403,117 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
         }
         for r in rows
     ]
-    with vector_write_lock():
-        partition = _partition_ensure(client, name, tenant_key)
-        with _milvus_errors():
-            kwargs = {"partition_name": partition} if partition else {}
-            client.upsert(name, data, **kwargs)
+    try:
+        with vector_write_lock():
+            partition = _partition_ensure(client, name, tenant_key)
+            with _milvus_errors():
+                kwargs = {"partition_name": partition} if partition else {}
+                client.upsert(name, data, **kwargs)
+    except VectorStoreError:
+        _forget(name)  # the collection or partition may be gone: ensure them again next time
+        raise
     return len(data)
+
+
+class VectorWriter:
+    """Upserts a document's rows from a background thread, so that Milvus (BM25 analysis of
+    every chunk, in its own process) works while the caller embeds the next batch.
+
+    ``put(rows)`` queues rows (blocking while ``max_pending`` batches wait: memory stays
+    bounded) and raises at once the error of an earlier upsert, so a document whose writes
+    fail stops embedding. ``close()`` waits until everything queued is written and raises
+    that error if there was one. Used as a context manager, an exception in the caller
+    drops what is still queued and waits for the upsert in flight, so no write of this
+    document happens after the block. The rows go through ``vectors_upsert``: same
+    serialised path (the write lock), same errors, same retries as a direct call.
+    Rows waiting together are sent in one upsert of up to ``batch_rows``."""
+
+    def __init__(self, *, tenant_key: str, max_pending: int = 2, batch_rows: int = 256) -> None:
+        self.tenant_key = tenant_key
+        self.batch_rows = batch_rows
+        self.rows_written = 0
+        self.upserts = 0
+        self.seconds = 0.0  # spent in vectors_upsert (in the background)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> VectorWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def put(self, rows: list[VectorRow]) -> None:
+        self._raise_error()
+        if not rows:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="vector-writer", daemon=True)
+            self._thread.start()
+        while True:
+            try:
+                self._queue.put(list(rows), timeout=0.5)
+                return
+            except queue.Full:
+                self._raise_error()  # the thread stopped taking rows
+
+    def close(self) -> None:
+        """Wait for every queued row to be written; raise the first upsert error."""
+        self._stop()
+        self._raise_error()
+
+    def abort(self) -> None:
+        """Drop the rows still queued and wait for the upsert in flight (errors ignored)."""
+        self._cancelled = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            rows = item
+            while len(rows) < self.batch_rows:  # whatever else is waiting goes in the same upsert
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                rows.extend(more)
+            if self._cancelled or self._error is not None:
+                continue  # keep draining so put() and _stop() never block
+            started = time.perf_counter()
+            try:
+                self.rows_written += vectors_upsert(
+                    tenant_key=self.tenant_key, rows=rows, dimension=len(rows[0].vector)
+                )
+                self.upserts += 1
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._error = exc
+            finally:
+                self.seconds += time.perf_counter() - started
 
 
 def _document_vector_ids(client, name: str, tenant_key: str, document_id: str, partition: str | None) -> list[str]:
@@ -346,50 +528,45 @@ def _document_vector_ids(client, name: str, tenant_key: str, document_id: str, p
 
 
 def vectors_delete(*, tenant_key: str, document_id: str, keep_ids: list[str] | None = None) -> None:
-    """Delete a document's vectors in this tenant (optionally all but ``keep_ids``).
+    """Delete a document's vectors in this tenant (optionally all but ``keep_ids``), whatever
+    their ids: looks them up with a query, then deletes by primary key.
 
-    Looks the ids up first (a query inside the tenant's partition is cheap) and deletes by
-    primary key: a *filter* delete makes Milvus Lite scan every tenant's rows, which cost
-    ~0.25 s per document at a few thousand vectors and grew with the platform
-    (bench/README.md, ingestion)."""
-    name = settings.MILVUS_COLLECTION
-    client = _client()
-    with _milvus_errors():
-        if not client.has_collection(name):
-            return
+    The query scans the tenant's whole partition (~0.2 s at a few thousand rows, growing
+    with the tenant's knowledge base; a *filter* delete would scan every tenant's rows):
+    when the ids are known, ``vectors_delete_ids`` costs a millisecond or two. This is for
+    callers that cannot know them (old task messages, test clean-up)."""
     keep = set(keep_ids or [])
-    with vector_write_lock():
-        partition = _partition_ensure(client, name, tenant_key)
-        with _milvus_errors():
-            doomed = [
-                i for i in _document_vector_ids(client, name, tenant_key, document_id, partition) if i not in keep
-            ]
-            kwargs = {"partition_name": partition} if partition else {}
-            for start in range(0, len(doomed), 1000):
-                client.delete(name, ids=doomed[start : start + 1000], **kwargs)
+
+    def delete(client, name: str) -> None:
+        with vector_write_lock():
+            partition = _partition_ensure(client, name, tenant_key)
+            with _milvus_errors():
+                doomed = [
+                    i for i in _document_vector_ids(client, name, tenant_key, document_id, partition) if i not in keep
+                ]
+                kwargs = {"partition_name": partition} if partition else {}
+                for start in range(0, len(doomed), 1000):
+                    client.delete(name, ids=doomed[start : start + 1000], **kwargs)
+
+    _on_collection(None, delete)
 
 
 def vectors_count(*, tenant_key: str, document_id: str | None = None) -> int:
-    name = settings.MILVUS_COLLECTION
-    client = _client()
-    with _milvus_errors():
-        if not client.has_collection(name):
-            return 0
+    def count(client, name: str) -> int:
         extra = f"document_id == {json.dumps(document_id)}" if document_id else ""
         partition = _partition_ensure(client, name, tenant_key)
         kwargs = {"partition_names": [partition]} if partition else {}
         rows = client.query(name, filter=_tenant_filter(tenant_key, extra), output_fields=["count(*)"], **kwargs)
-    return int(rows[0]["count(*)"]) if rows else 0
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    return _on_collection(0, count)
 
 
 def vectors_ids_by_document(*, tenant_key: str) -> dict[str, set[str]]:
     """Every vector id of a tenant, grouped by document (iterated in batches)."""
-    name = settings.MILVUS_COLLECTION
-    client = _client()
-    result: dict[str, set[str]] = {}
-    with _milvus_errors():
-        if not client.has_collection(name):
-            return result
+
+    def ids(client, name: str) -> dict[str, set[str]]:
+        result: dict[str, set[str]] = {}
         partition = _partition_ensure(client, name, tenant_key)
         kwargs = {"partition_names": [partition]} if partition else {}
         iterator = client.query_iterator(
@@ -404,39 +581,44 @@ def vectors_ids_by_document(*, tenant_key: str) -> dict[str, set[str]]:
                     result.setdefault(row["document_id"], set()).add(row["id"])
         finally:
             iterator.close()
-    return result
+        return result
+
+    return _on_collection({}, ids)
 
 
 def vectors_delete_ids(*, tenant_key: str, ids: list[str]) -> None:
+    """Delete vectors by primary key (1–2 ms whatever the collection holds; ids that are not
+    there are no error). Callers pass ids of this tenant: read from it, or the deterministic
+    ids of its documents' chunks."""
     if not ids:
         return
-    name = settings.MILVUS_COLLECTION
-    client = _client()
-    with vector_write_lock():
-        partition = _partition_ensure(client, name, tenant_key)
-        with _milvus_errors():
-            kwargs = {"partition_name": partition} if partition else {}
-            # By primary key (see vectors_delete); callers pass ids read from this tenant.
-            for start in range(0, len(ids), 1000):
-                client.delete(name, ids=ids[start : start + 1000], **kwargs)
+
+    def delete(client, name: str) -> None:
+        with vector_write_lock():
+            partition = _partition_ensure(client, name, tenant_key)
+            with _milvus_errors():
+                kwargs = {"partition_name": partition} if partition else {}
+                for start in range(0, len(ids), 1000):
+                    client.delete(name, ids=ids[start : start + 1000], **kwargs)
+
+    _on_collection(None, delete)
 
 
 def vectors_tenant_drop(*, tenant_key: str) -> None:
     """Remove every vector of a tenant: its partition on Lite, its rows on a server
     (partition key). For a tenant that is being destroyed, never for a live one."""
-    name = settings.MILVUS_COLLECTION
-    client = _client()
-    with _milvus_errors():
-        if not client.has_collection(name):
-            return
-    with vector_write_lock(), _milvus_errors():
-        if is_lite():
-            partition = partition_name(tenant_key)
-            if client.has_partition(name, partition):
-                client.drop_partition(name, partition)
-            _ready.discard((name, partition))
-        else:
-            client.delete(name, filter=_tenant_filter(tenant_key))
+
+    def drop(client, name: str) -> None:
+        with vector_write_lock():
+            if is_lite():
+                partition = partition_name(tenant_key)
+                _ready.discard((name, partition))
+                if client.has_partition(name, partition):
+                    client.drop_partition(name, partition)
+            else:
+                client.delete(name, filter=_tenant_filter(tenant_key))
+
+    _on_collection(None, drop)
 
 
 def text_normalize(text: str) -> str:
@@ -484,15 +666,12 @@ class VectorHit:
 def _search(
     *, tenant_key: str, data: list, anns_field: str, limit: int, document_ids: list[str] | None, params: dict
 ) -> list[VectorHit]:
-    name = settings.MILVUS_COLLECTION
-    client = _client()
-    with _milvus_errors():
-        if not client.has_collection(name):
-            return []
-        extra = f"document_id in {json.dumps(document_ids)}" if document_ids else ""
+    extra = f"document_id in {json.dumps(document_ids)}" if document_ids else ""
+
+    def search(client, name: str) -> list:
         partition = _partition_ensure(client, name, tenant_key)
         kwargs = {"partition_names": [partition]} if partition else {}
-        result = client.search(
+        return client.search(
             name,
             data=data,
             anns_field=anns_field,
@@ -502,6 +681,8 @@ def _search(
             search_params=params,
             **kwargs,
         )
+
+    result = _on_collection([], search)  # no collection yet: nothing indexed, no hits
     hits = result[0] if result else []
     return [
         VectorHit(id=str(h["id"]), document_id=h["entity"]["document_id"], score=float(h["distance"])) for h in hits

@@ -22,7 +22,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -308,9 +308,16 @@ def get_embedder() -> Embedder:
     raise ImproperlyConfigured(f"Unknown EMBEDDING_PROVIDER {provider!r}: use 'local' or 'openai'")
 
 
-def embed_texts(texts: Sequence[str], *, progress: ProgressCallback | None = None) -> list[list[float]]:
+def embed_texts(
+    texts: Sequence[str],
+    *,
+    progress: ProgressCallback | None = None,
+    on_batch: Callable[[int, list[list[float]]], None] | None = None,
+) -> list[list[float]]:
     """Embed ``texts`` in batches of ``settings.EMBEDDING_BATCH_SIZE``, calling
-    ``progress(done, total)`` after each batch. Raises ``EmbeddingError``."""
+    ``on_batch(first_index, vectors)`` with each batch's vectors (the index stage starts
+    writing them while the next batch is embedded), then ``progress(done, total)``.
+    Raises ``EmbeddingError``."""
     texts = list(texts)
     if not texts:
         return []
@@ -325,6 +332,8 @@ def embed_texts(texts: Sequence[str], *, progress: ProgressCallback | None = Non
             raise EmbeddingError(
                 f"{embedder.name} returned {len(batch_vectors)} vectors for {len(batch)} texts", transient=False
             )
+        if on_batch is not None:
+            on_batch(start, batch_vectors)
         vectors.extend(batch_vectors)
         if progress is not None:
             progress(len(vectors), len(texts))

@@ -582,3 +582,268 @@ def test_stale_documents_are_requeued_or_given_up(
 def test_docx_made_here_is_indexed(indexed):
     document = indexed(docx_bytes(["Alpha paragraph.", "Beta paragraph."], heading="Made here"), "made.docx")
     assert "Alpha paragraph." in document.chunks.get().content
+
+
+# =========================================================================================
+# Vector writes without lookups, in the background; throttled progress
+# =========================================================================================
+@pytest.fixture
+def milvus_calls(monkeypatch) -> dict[str, list]:
+    """Every query and delete sent to Milvus during the test: {"query": [filter...],
+    "delete": [ids...]} (the calls still go through)."""
+    from pymilvus import MilvusClient
+
+    calls: dict[str, list] = {"query": [], "delete": []}
+    real_query, real_delete = MilvusClient.query, MilvusClient.delete
+
+    def query(self, collection_name, filter="", *args, **kwargs):  # noqa: A002 - pymilvus' name
+        calls["query"].append(filter)
+        return real_query(self, collection_name, filter, *args, **kwargs)
+
+    def delete(self, collection_name, ids=None, *args, **kwargs):
+        calls["delete"].extend(ids or [])
+        return real_delete(self, collection_name, ids, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusClient, "query", query)
+    monkeypatch.setattr(MilvusClient, "delete", delete)
+    return calls
+
+
+def many_chunks_markdown(sections: int = 12) -> bytes:
+    body = "\n\n".join(
+        f"## Part {i}\n\n" + " ".join(f"Clause {i}.{j} of the stock handbook says nothing new." for j in range(8))
+        for i in range(sections)
+    )
+    return f"# Handbook\n\n{body}".encode()
+
+
+class TestVectorWrites:
+    def test_a_first_processing_asks_milvus_nothing_and_deletes_nothing(self, in_acme, milvus, upload, milvus_calls):
+        document = upload(doc("md/wiki.md")).document
+
+        document = services.document_process(document_id=document.pk)
+
+        assert document.status == "indexed"
+        assert milvus_calls == {"query": [], "delete": []}
+        assert vectors_of(document) == document.chunks.count() > 0
+        index = document.processing_logs.get(stage="index").details
+        assert (index["stale_deleted"], index["vectors"]) == (0, document.chunks.count())
+
+    def test_a_rerun_with_fewer_chunks_deletes_exactly_the_surplus_by_id(
+        self, indexed, process, settings, milvus_calls
+    ):
+        settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 64, 8
+        document = indexed(doc("md/wiki.md"))
+        many = document.chunks.count()
+        settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 512, 64
+        Document.objects.filter(pk=document.pk).update(status="processing")
+
+        document = process(document)
+
+        few = document.chunks.count()
+        assert 0 < few < many
+        assert milvus_calls["query"] == []  # no lookup: the ids are known
+        assert sorted(milvus_calls["delete"]) == sorted(
+            str(services.chunk_uuid(document.pk, i)) for i in range(few, many)
+        )
+        assert vectors_of(document) == few
+        assert chunk_ids(document) == [str(services.chunk_uuid(document.pk, i)) for i in range(few)]
+
+    def test_a_rerun_after_a_run_that_died_after_writing_more_chunks_removes_them(
+        self, in_acme, milvus, upload, process, settings
+    ):
+        """The earlier run never swapped in (no chunk rows): its logged chunk count is what
+        tells which vectors it may have left."""
+        settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 64, 8
+        document = upload(doc("md/wiki.md")).document
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(services, "_document_swap_in", lambda **kwargs: (_ for _ in ()).throw(SystemExit))
+            with pytest.raises(SystemExit):  # the worker died right before swapping in
+                services.document_process(document_id=document.pk)
+        many = document.processing_logs.get(stage="chunk").details["chunks"]
+        assert vectors_of(document) == many and not document.chunks.exists()
+
+        settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 512, 64
+        document = process(document)
+
+        assert document.status == "indexed"
+        assert vectors_of(document) == document.chunks.count() < many
+        assert services.document_chunk_bound(document) == many  # what a delete will remove
+
+    def test_delete_removes_the_vectors_by_id_without_a_lookup(
+        self, indexed, manager, celery_eager, django_capture_on_commit_callbacks, milvus_calls
+    ):
+        document = indexed(doc("md/wiki.md"))
+        ids = chunk_ids(document)
+
+        with django_capture_on_commit_callbacks(execute=True):
+            services.document_delete(document=document, actor=manager)
+
+        assert milvus_calls["query"] == []
+        assert sorted(milvus_calls["delete"]) == sorted(ids)
+        assert vectors_of(document) == 0
+
+    def test_the_delete_task_of_an_older_message_still_looks_the_ids_up(self, indexed):
+        from apps.knowledge.tasks import document_vectors_delete_task
+
+        document = indexed(doc("md/wiki.md"))
+
+        document_vectors_delete_task.apply(args=[services.tenant_key(), str(document.pk)]).get()
+
+        assert vectors_of(document) == 0
+
+    def test_vectors_are_written_while_the_next_batch_is_embedded(self, in_acme, milvus, upload, settings, monkeypatch):
+        from apps.knowledge import vectorstore
+        from apps.knowledge.pipeline import embed
+
+        settings.EMBEDDING_BATCH_SIZE, settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 2, 64, 8
+        events: list[str] = []
+        real_upsert, real_embed = vectorstore.vectors_upsert, embed.LocalEmbedder.embed
+
+        def upsert(**kwargs):
+            events.append("upsert")
+            return real_upsert(**kwargs)
+
+        def embedding(self, texts):
+            events.append("embed")
+            return real_embed(self, texts)
+
+        monkeypatch.setattr(vectorstore, "vectors_upsert", upsert)
+        monkeypatch.setattr(embed.LocalEmbedder, "embed", embedding)
+        document = upload(many_chunks_markdown(), "handbook.md").document
+
+        document = services.document_process(document_id=document.pk)
+
+        assert document.status == "indexed"
+        assert vectors_of(document) == document.chunks.count() > 6
+        assert events.index("upsert") < len(events) - 1 - events[::-1].index("embed")  # before the last batch
+        index = document.processing_logs.get(stage="index").details
+        assert index["vectors"] == document.chunks.count() and index["upserts"] >= 2
+
+    @pytest.mark.parametrize("transient", [True, False])
+    def test_an_upsert_error_in_the_writer_thread_fails_or_retries_the_document(
+        self, in_acme, milvus, upload, settings, monkeypatch, transient
+    ):
+        from apps.knowledge import vectorstore
+        from apps.knowledge.pipeline import embed
+
+        settings.EMBEDDING_BATCH_SIZE, settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 2, 64, 8
+        real_upsert, real_embed = vectorstore.vectors_upsert, embed.embed_texts
+        upserts: list[int] = []
+        batches: list[int] = []
+
+        def failing_upsert(**kwargs):
+            upserts.append(len(kwargs["rows"]))
+            if len(upserts) == 2:
+                raise VectorStoreError("Milvus went away", transient=transient)
+            return real_upsert(**kwargs)
+
+        def counted_embed(texts, **kwargs):
+            on_batch = kwargs.pop("on_batch")
+            return real_embed(texts, on_batch=lambda start, v: (batches.append(start), on_batch(start, v)), **kwargs)
+
+        monkeypatch.setattr(vectorstore, "vectors_upsert", failing_upsert)
+        monkeypatch.setattr(embed, "embed_texts", counted_embed)
+        document = upload(many_chunks_markdown(30), "handbook.md").document
+
+        if transient:
+            with pytest.raises(VectorStoreError):
+                services.document_process(document_id=document.pk)
+            document.refresh_from_db()
+            assert (document.status, document.attempts) == ("processing", 1)  # the task retries it
+        else:
+            document = services.document_process(document_id=document.pk)
+            assert (document.status, document.error_code) == ("failed", "vector_store_unavailable")
+            assert "Milvus went away" in document.error_message
+        assert not document.chunks.exists()
+        written = len(upserts)
+        chunks = document.processing_logs.get(stage="chunk").details["chunks"]
+        assert len(batches) * settings.EMBEDDING_BATCH_SIZE < chunks  # embedding stopped early
+        failed = document.processing_logs.filter(status="failed").get()
+        assert failed.details["error_code"] == "vector_store_unavailable"
+        import time
+
+        time.sleep(0.2)
+        assert len(upserts) == written  # nothing written after document_process returned
+
+        if transient:  # the retry indexes it all
+            monkeypatch.setattr(vectorstore, "vectors_upsert", real_upsert)
+            document = services.document_process(document_id=document.pk)
+            assert document.status == "indexed" and document.attempts == 2
+            assert vectors_of(document) == document.chunks.count() == chunks
+
+    def test_progress_is_throttled_and_ends_at_100(self, in_acme, milvus, upload, settings, monkeypatch):
+        import time
+
+        settings.EMBEDDING_BATCH_SIZE, settings.CHUNK_MAX_TOKENS, settings.CHUNK_OVERLAP_TOKENS = 2, 64, 8
+        monkeypatch.setattr(services, "PROGRESS_INTERVAL", 0.2)
+        pushed: list[tuple[float, str, int]] = []
+        written: list[float] = []
+        monkeypatch.setattr(
+            services,
+            "_progress_push",
+            lambda d: pushed.append((time.monotonic(), d.status, d.processing_progress)),
+        )
+        real_set = services._Progress.set
+
+        def recording_set(self, percent):
+            before = self.last
+            real_set(self, percent)
+            if self.last != before:
+                written.append(time.monotonic())
+
+        monkeypatch.setattr(services._Progress, "set", recording_set)
+        document = upload(many_chunks_markdown(30), "handbook.md").document
+
+        started = time.monotonic()
+        document = services.document_process(document_id=document.pk)
+        took = time.monotonic() - started
+
+        assert document.status == "indexed"
+        document.refresh_from_db()
+        assert document.processing_progress == 100
+        assert (pushed[-1][1], pushed[-1][2]) == ("indexed", 100)
+        assert [p for _, _, p in pushed] == sorted(p for _, _, p in pushed)
+        assert all(later - earlier >= 0.2 for earlier, later in zip(written, written[1:], strict=False))
+        assert len(written) <= took / 0.2 + 1
+        assert len(written) >= 2  # it still moves while the document is processed
+
+
+class TestWriteLock:
+    def test_the_lock_is_renewed_while_held_and_freed_soon_after_its_holder_died(self, settings, monkeypatch):
+        import threading
+        import time
+
+        from django_redis import get_redis_connection
+
+        from apps.knowledge import vectorstore
+
+        monkeypatch.setattr(vectorstore, "LOCK_LEASE", 0.6)
+        settings.MILVUS_TIMEOUT = 0.25  # waiters give up after 1 s
+        held = threading.Event()
+        release = threading.Event()
+
+        def holder():
+            with vectorstore.vector_write_lock():
+                held.set()
+                release.wait(5)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        try:
+            assert held.wait(5)
+            started = time.monotonic()
+            with pytest.raises(VectorStoreError, match="write lock"), vectorstore.vector_write_lock():
+                pass  # held 1 s beyond its 0.6 s lease: renewed
+            assert time.monotonic() - started >= 0.9
+        finally:
+            release.set()
+            thread.join()
+        with vectorstore.vector_write_lock():
+            pass  # released
+
+        # a holder that died (no release, no renewal): the key expires with its lease
+        get_redis_connection("default").set("zhida:milvus:write", "dead-worker", px=600)
+        started = time.monotonic()
+        with vectorstore.vector_write_lock():
+            assert time.monotonic() - started < 1.0
