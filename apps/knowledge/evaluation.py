@@ -115,17 +115,19 @@ def eval_tenant_create(*, search: dict | None = None) -> Any:
 
 
 def eval_tenant_reuse(*, schema: str, search: dict | None = None) -> Any:
-    """A tenant kept by an earlier run (``--keep``), locked like a new one; ``search``, when
-    given, replaces its ``settings["search"]``."""
+    """A tenant kept by an earlier run (``--keep``); ``search``, when given, replaces its
+    ``settings["search"]``. Runs that only ask may share it (a shared advisory lock: several
+    --reuse runs at once, each asking other question sets), while ``eval_leftovers``, which
+    needs the lock alone, never offers it for removal while one of them runs."""
     from apps.tenancy.models import Tenant
 
     tenant = Tenant.objects.filter(schema_name=schema, schema_name__startswith=SCHEMA_PREFIX).first()
     if tenant is None:
         raise ValueError(f"no evaluation tenant {schema}")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_run_lock_key(schema)])
+        cursor.execute("SELECT pg_try_advisory_lock_shared(%s)", [_run_lock_key(schema)])
         if not cursor.fetchone()[0]:
-            raise ValueError(f"{schema} is in use by a running evaluation")
+            raise ValueError(f"{schema} is being loaded or removed")
     if search is not None:
         tenant.settings = {**(tenant.settings or {}), "search": search}
         tenant.save(update_fields=["settings"])
