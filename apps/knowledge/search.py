@@ -32,9 +32,11 @@ from apps.knowledge.vectorstore import BM25_STOP_WORDS
 MODES = ("dense", "bm25", "hybrid")
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 50
-# Per tenant in settings["search"]. Chosen with manage.py eval_retrieval over the xquad-zh/en,
-# cross-lingual and stackfaq sets, with and without distractors (bench/README.md,
-# "Retrieval quality"): score fusion, equal weights, 10 × top_k candidates from each list.
+# Per tenant in settings["search"]: score fusion, equal weights, 10 × top_k candidates from
+# each list. Measured with manage.py eval_retrieval over the xquad-zh/en, cross-lingual and
+# stackfaq sets, with and without distractors, and checked against a grid of score/RRF
+# settings with bench/retrieval_tune.py: nothing did better across the sets (bench/README.md,
+# "retrieval quality").
 DEFAULT_SEARCH_SETTINGS = {"fusion": "score", "dense_weight": 1.0, "bm25_weight": 1.0, "candidates": 10, "rrf_k": 60}
 FUSIONS = ("score", "rrf")
 VERSION_KEY = "knowledge:version"
