@@ -10,6 +10,8 @@ mean recall@5, then by mean MRR@10. Never tune on single questions.
 
     .venv/bin/python bench/retrieval_tune.py /tmp/eval/*.cand.json
     .venv/bin/python bench/retrieval_tune.py /tmp/eval/*.cand.json --show '{"rrf_k": 60}'
+    .venv/bin/python bench/retrieval_tune.py /tmp/eval/nod/*.cand.json /tmp/eval/dist/*.cand.json
+                                        # sets named <folder>/<set> when a name repeats
 
 Dumps are made with the settings of their run; a change to the analyzer, the chunker or the
 embedding needs new dumps.
@@ -115,6 +117,10 @@ def main() -> int:
     args = parser.parse_args()
 
     sets = [load(path) for path in sorted(args.dumps)]
+    names = [name for name, _, _ in sets]
+    if len(set(names)) != len(names):  # the same set with and without distractors: name by folder too
+        paths = sorted(args.dumps)
+        sets = [(f"{path.parent.name}/{name}", rows, p) for path, (name, rows, p) in zip(paths, sets, strict=True)]
     single = {
         name: {mode: evaluate(rows, passage, DEFAULT_SEARCH_SETTINGS, mode) for mode in ("dense", "bm25")}
         for name, rows, passage in sets
@@ -140,11 +146,12 @@ def main() -> int:
     shown = results[: args.top] + [(conf, *score(conf)) for conf in extra]
 
     names = [name for name, _, _ in sets]
+    width = max(len(name) for name in names)
     print("single modes (R@1 / R@5 / R@10 / MRR@10):")
     for name in names:
         for mode in ("dense", "bm25"):
             m = single[name][mode]
-            print(f"  {name:<8} {mode:<6} " + " ".join(f"{m[x]:.3f}" for x in METRICS))
+            print(f"  {name:<{width}} {mode:<6} " + " ".join(f"{m[x]:.3f}" for x in METRICS))
     print("\nbest hybrid settings (below: (set, metric) pairs under the better single mode):")
     for conf, below, r5, mrr, per_set in shown:
         settings = {k: conf[k] for k in DEFAULT_SEARCH_SETTINGS}
@@ -153,7 +160,7 @@ def main() -> int:
             m = per_set[name]
             best = {x: max(single[name]["dense"][x], single[name]["bm25"][x]) for x in METRICS}
             marks = " ".join(f"{m[x]:.3f}{'<' if m[x] < best[x] - 1e-9 else ' '}" for x in METRICS)
-            print(f"  {name:<8} {marks}")
+            print(f"  {name:<{width}} {marks}")
     return 0
 
 

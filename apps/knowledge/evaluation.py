@@ -114,6 +114,26 @@ def eval_tenant_create(*, search: dict | None = None) -> Any:
     )
 
 
+def eval_tenant_reuse(*, schema: str, search: dict | None = None) -> Any:
+    """A tenant kept by an earlier run (``--keep``); ``search``, when given, replaces its
+    ``settings["search"]``. Runs that only ask may share it (a shared advisory lock: several
+    --reuse runs at once, each asking other question sets), while ``eval_leftovers``, which
+    needs the lock alone, never offers it for removal while one of them runs."""
+    from apps.tenancy.models import Tenant
+
+    tenant = Tenant.objects.filter(schema_name=schema, schema_name__startswith=SCHEMA_PREFIX).first()
+    if tenant is None:
+        raise ValueError(f"no evaluation tenant {schema}")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock_shared(%s)", [_run_lock_key(schema)])
+        if not cursor.fetchone()[0]:
+            raise ValueError(f"{schema} is being loaded or removed")
+    if search is not None:
+        tenant.settings = {**(tenant.settings or {}), "search": search}
+        tenant.save(update_fields=["settings"])
+    return tenant
+
+
 def eval_tenant_destroy(tenant: Any) -> None:
     """Remove everything the evaluation wrote for ``tenant``: its vectors (partition),
     stored files, cache keys, schema (DROP SCHEMA ... CASCADE) and public rows (tenant,
@@ -222,6 +242,18 @@ def corpus_load(*, label: str, passages: list[Passage], report: LoadReport, prog
     report.seconds += time.perf_counter() - started
 
 
+def corpus_loaded(*, labels: list[str], report: LoadReport) -> None:
+    """``report.documents`` of a tenant loaded by an earlier run: its indexed documents named
+    ``<label>__<passage id>.txt`` (as ``corpus_load`` names them)."""
+    from apps.knowledge.models import Document
+
+    rows = Document.objects.filter(status=Document.Status.INDEXED).values_list("pk", "original_name")
+    for pk, name in rows:
+        label, sep, rest = name.partition("__")
+        if sep and label in labels and rest.endswith(".txt"):
+            report.documents.setdefault(str(pk), []).append(f"{label}/{rest.removesuffix('.txt')}")
+
+
 # --------------------------------------------------------------------------------------
 # Asking and scoring
 # --------------------------------------------------------------------------------------
@@ -261,6 +293,68 @@ def questions_ask(
     return outcomes
 
 
+def questions_ask_shared(
+    *,
+    tenant: Any,
+    questions: list[Question],
+    dataset: str,
+    modes: list[str],
+    documents: dict[str, list[str]],
+    depth: int,
+    latency_questions: int,
+    progress: Progress | None = None,
+) -> tuple[dict[str, list[Outcome]], dict[str, list[float]], list[dict]]:
+    """Like ``questions_ask`` in every mode, with Milvus asked once per question: both
+    candidate lists are fetched ``depth`` deep (``search_candidates``, as hybrid does), and
+    each mode ranks its own prefix of them (``candidate_limit`` deep, what chunk_search would
+    have fetched) through ``search.hits_rank``, the code chunk_search runs after Milvus.
+    Latency is timed on real ``chunk_search`` calls, ``latency_questions`` questions spread
+    over the set per mode (the first one untimed). Returns (outcomes per mode, latencies per
+    mode, candidate rows as ``candidates_collect`` makes them)."""
+    from apps.knowledge.search import candidate_limit, chunk_search, hits_rank, search_candidates, search_settings
+
+    conf = search_settings(tenant)
+    limit = candidate_limit(TOP_K, conf)
+    if limit > depth:
+        raise ValueError(f"candidate depth {depth} is below what chunk_search fetches ({limit})")
+    outcomes: dict[str, list[Outcome]] = {mode: [] for mode in modes}
+    rows = []
+    for done, question in enumerate(questions, start=1):
+        query = question.question.strip()
+        dense, bm25, _ = search_candidates(query=query, mode="hybrid", limit=depth)
+        gold = tuple(f"{dataset}/{g}" for g in question.gold_ids)
+        for mode in modes:
+            hits = hits_rank(
+                query=query,
+                top_k=TOP_K,
+                dense_hits=dense[:limit] if mode in ("dense", "hybrid") else [],
+                bm25_hits=bm25[:limit] if mode in ("bm25", "hybrid") else [],
+                conf=conf,
+            )
+            ranked = tuple(tuple(documents.get(hit.document_id, ["?"])) for hit in hits)
+            outcomes[mode].append(Outcome(question_id=question.id, ranked=ranked, gold=gold, ms=0.0))
+        rows.append(
+            {
+                "id": question.id,
+                "gold": list(gold),
+                "dense": [[h.id, documents.get(h.document_id, ["?"])[0], h.score] for h in dense],
+                "bm25": [[h.id, documents.get(h.document_id, ["?"])[0], h.score] for h in bm25],
+            }
+        )
+        if progress:
+            progress(done, len(questions))
+    timed = questions_sample(questions, latency_questions)
+    latencies: dict[str, list[float]] = {mode: [] for mode in modes}
+    for mode in modes:
+        chunk_search(tenant=tenant, query=timed[0].question, top_k=TOP_K, mode=mode, use_cache=False)
+    for question in timed:  # modes interleaved, so load on the machine hits them alike
+        for mode in modes:
+            started = time.perf_counter()
+            chunk_search(tenant=tenant, query=question.question, top_k=TOP_K, mode=mode, use_cache=False)
+            latencies[mode].append((time.perf_counter() - started) * 1000)
+    return outcomes, latencies, rows
+
+
 @dataclass(frozen=True)
 class Scores:
     mode: str
@@ -270,6 +364,7 @@ class Scores:
     p50_ms: float
     p95_ms: float
     top1_distractor: float  # share of questions whose first hit is from another corpus
+    timed: int = 0  # questions timed (latency), when not all of them were
 
     def as_dict(self) -> dict:
         return {
@@ -280,6 +375,7 @@ class Scores:
             "p50_ms": round(self.p50_ms, 1),
             "p95_ms": round(self.p95_ms, 1),
             "top1_distractor": round(self.top1_distractor, 4),
+            "timed": self.timed or self.questions,
         }
 
 
@@ -301,9 +397,10 @@ def reciprocal_rank(outcome: Outcome, k: int = TOP_K) -> float:
     return 0.0
 
 
-def scores(*, mode: str, outcomes: list[Outcome], dataset: str) -> Scores:
+def scores(*, mode: str, outcomes: list[Outcome], dataset: str, latencies: list[float] | None = None) -> Scores:
+    """``latencies``: timed separately (``questions_ask_shared``); default the outcomes' own."""
     n = len(outcomes) or 1
-    latencies = [o.ms for o in outcomes] or [0.0]
+    latencies = (latencies if latencies is not None else [o.ms for o in outcomes]) or [0.0]
     return Scores(
         mode=mode,
         questions=len(outcomes),
@@ -315,6 +412,7 @@ def scores(*, mode: str, outcomes: list[Outcome], dataset: str) -> Scores:
             1 for o in outcomes if o.ranked and not any(k.startswith(f"{dataset}/") for k in o.ranked[0])
         )
         / n,
+        timed=len(latencies) if latencies is not None else len(outcomes),
     )
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,9 +32,11 @@ from apps.knowledge.vectorstore import BM25_STOP_WORDS
 MODES = ("dense", "bm25", "hybrid")
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 50
-# Per tenant in settings["search"]. Chosen with manage.py eval_retrieval over the xquad-zh/en,
-# cross-lingual and stackfaq sets, with and without distractors (bench/README.md,
-# "Retrieval quality"): score fusion, equal weights, 10 × top_k candidates from each list.
+# Per tenant in settings["search"]: score fusion, equal weights, 10 × top_k candidates from
+# each list. Measured with manage.py eval_retrieval over the xquad-zh/en, cross-lingual and
+# stackfaq sets, with and without distractors, and checked against a grid of score/RRF
+# settings with bench/retrieval_tune.py: nothing did better across the sets (bench/README.md,
+# "retrieval quality").
 DEFAULT_SEARCH_SETTINGS = {"fusion": "score", "dense_weight": 1.0, "bm25_weight": 1.0, "candidates": 10, "rrf_k": 60}
 FUSIONS = ("score", "rrf")
 VERSION_KEY = "knowledge:version"
@@ -218,9 +224,15 @@ def _shingles(text: str) -> set[str]:
 
 
 def _near_duplicate(a: set[str], b: set[str]) -> bool:
+    """Jaccard similarity of the shingle sets ≥ NEAR_DUPLICATE_JACCARD. It can be no more
+    than the smaller set's size over the larger's, so passages of clearly different length
+    are told apart without intersecting (most pairs: this runs top_k² / 2 times a search)."""
     if not a or not b:
         return False
-    return len(a & b) / len(a | b) >= NEAR_DUPLICATE_JACCARD
+    if min(len(a), len(b)) < NEAR_DUPLICATE_JACCARD * max(len(a), len(b)):
+        return False
+    common = len(a & b)
+    return common / (len(a) + len(b) - common) >= NEAR_DUPLICATE_JACCARD
 
 
 def _cache_key(query: str, top_k: int, filters: SearchFilters, mode: str, conf: dict) -> str:
@@ -302,26 +314,70 @@ def search_candidates(
     query_vector: list[float] | None = None,
 ) -> tuple[list[Any], list[Any], dict[str, float]]:
     """The raw candidate lists of the current tenant, best first: (dense hits, BM25 hits,
-    timings). A mode that does not use one of the lists leaves it empty."""
+    timings). A mode that does not use one of the lists leaves it empty.
+
+    Hybrid sends the BM25 search from a pool thread first, then embeds the query and runs
+    the dense search here, so BM25 overlaps both (on a Milvus server the two searches run in
+    parallel; an OpenAI-compatible embedder's round trip hides BM25 entirely). Only the
+    Milvus RPC runs in the thread: the tenant key is resolved here, and nothing there
+    touches the database (a pool thread would open a connection of its own, outside this
+    tenant's schema).
+
+    Timings: ``embed_ms`` the query embedding; ``dense_ms`` and ``bm25_ms`` each search's
+    own wall time; ``milvus_ms`` how long Milvus kept this search waiting beyond the
+    embedding (sequential: dense + BM25; hybrid: max(embed + dense, BM25) − embed)."""
     from apps.knowledge.pipeline.embed import get_embedder
     from apps.knowledge.services import tenant_key
     from apps.knowledge.vectorstore import text_normalize, vectors_search_bm25, vectors_search_dense
 
-    timings = {"embed_ms": 0.0, "milvus_ms": 0.0}
+    timings = {"embed_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
     key = tenant_key()
     dense_hits, bm25_hits = [], []
-    if mode in ("dense", "hybrid"):
-        t = time.perf_counter()
-        vector = query_vector if query_vector is not None else get_embedder().embed([text_normalize(query)])[0]
-        timings["embed_ms"] = (time.perf_counter() - t) * 1000
-        t = time.perf_counter()
-        dense_hits = vectors_search_dense(tenant_key=key, vector=vector, limit=limit, document_ids=document_ids)
-        timings["milvus_ms"] += (time.perf_counter() - t) * 1000
-    if mode in ("bm25", "hybrid"):
-        t = time.perf_counter()
-        bm25_hits = vectors_search_bm25(tenant_key=key, text=query, limit=limit, document_ids=document_ids)
-        timings["milvus_ms"] += (time.perf_counter() - t) * 1000
+    started = time.perf_counter()
+    bm25_args = {"tenant_key": key, "text": query, "limit": limit, "document_ids": document_ids}
+    bm25_future: Future | None = None
+    if mode == "hybrid":
+        bm25_future = _milvus_pool().submit(_timed, vectors_search_bm25, **bm25_args)
+    try:
+        if mode in ("dense", "hybrid"):
+            t = time.perf_counter()
+            vector = query_vector if query_vector is not None else get_embedder().embed([text_normalize(query)])[0]
+            timings["embed_ms"] = (time.perf_counter() - t) * 1000
+            dense_hits, timings["dense_ms"] = _timed(
+                vectors_search_dense, tenant_key=key, vector=vector, limit=limit, document_ids=document_ids
+            )
+        if bm25_future is not None:
+            bm25_hits, timings["bm25_ms"] = bm25_future.result()
+        elif mode == "bm25":
+            bm25_hits, timings["bm25_ms"] = _timed(vectors_search_bm25, **bm25_args)
+    finally:
+        if bm25_future is not None:
+            bm25_future.cancel()  # only if it never started (the embedding failed first)
+    timings["milvus_ms"] = max(0.0, (time.perf_counter() - started) * 1000 - timings["embed_ms"])
     return dense_hits, bm25_hits, timings
+
+
+def _timed(function: Any, **kwargs: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    result = function(**kwargs)
+    return result, (time.perf_counter() - t) * 1000
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _milvus_pool() -> ThreadPoolExecutor:
+    """The threads that send hybrid's BM25 searches (SEARCH_THREADS per process; a search
+    holds one for a single RPC, at most MILVUS_TIMEOUT). Made on first use and again after
+    a fork: a Celery prefork child inherits the object but not its threads."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=settings.SEARCH_THREADS, thread_name_prefix="search-milvus")
+            _pool_pid = os.getpid()
+        return _pool
 
 
 def candidate_limit(top_k: int, conf: dict) -> int:
@@ -371,11 +427,19 @@ def _search_uncached(
 ) -> SearchResult:
     allowed = _allowed_documents(filters)
     if allowed is not None and not allowed:
-        timings = {"embed_ms": 0.0, "milvus_ms": 0.0}
+        timings = {"embed_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
         return SearchResult(query=query, mode=mode, top_k=top_k, hits=[], timings=_finish(timings, started))
     dense_hits, bm25_hits, timings = search_candidates(
         query=query, mode=mode, limit=candidate_limit(top_k, conf), document_ids=allowed, query_vector=query_vector
     )
+    hits = hits_rank(query=query, top_k=top_k, dense_hits=dense_hits, bm25_hits=bm25_hits, conf=conf)
+    return SearchResult(query=query, mode=mode, top_k=top_k, hits=hits, timings=_finish(timings, started))
+
+
+def hits_rank(*, query: str, top_k: int, dense_hits: list[Any], bm25_hits: list[Any], conf: dict) -> list[SearchHit]:
+    """The top_k hits for these candidate lists (either may be empty): fused, joined back to
+    this tenant's indexed chunks, near-duplicates collapsed, highlighted. ``chunk_search``
+    after Milvus; the evaluation harness also calls it to rank one fetch in every mode."""
     ranked = fuse(dense_hits, bm25_hits, conf)
     fused = dict(ranked)
     order = [cid for cid, _ in ranked]
@@ -383,21 +447,10 @@ def _search_uncached(
     dense_score = {h.id: h.score for h in dense_hits}
     bm25_rank = {h.id: i + 1 for i, h in enumerate(bm25_hits)}
 
-    # Back to this tenant's schema: only chunks of indexed documents count (a superseded
-    # version's vectors may linger for a moment after its replacement went live).
-    chunks = {
-        str(c.pk): c
-        for c in DocumentChunk.objects.select_related("document").filter(
-            pk__in=order, document__status=Document.Status.INDEXED
-        )
-    }
     terms = _query_terms(query)
     hits: list[SearchHit] = []
     kept: list[tuple[str, set[str]]] = []
-    for chunk_id in order:
-        chunk = chunks.get(chunk_id)
-        if chunk is None:
-            continue
+    for chunk_id, chunk in _chunks_in_order(order, first=2 * top_k):
         shingles = _shingles(chunk.content)
         if any(h == chunk.content_hash or _near_duplicate(shingles, s) for h, s in kept):
             continue
@@ -424,7 +477,31 @@ def _search_uncached(
         )
         if len(hits) >= top_k:
             break
-    return SearchResult(query=query, mode=mode, top_k=top_k, hits=hits, timings=_finish(timings, started))
+    return hits
+
+
+CHUNK_FIELDS = ("content", "content_hash", "metadata", "document_id")
+DOCUMENT_FIELDS = ("document__title", "document__original_name", "document__file_type")
+
+
+def _chunks_in_order(order: list[str], *, first: int) -> Iterator[tuple[str, DocumentChunk]]:
+    """The chunks of ``order`` (ids, best first) that belong to this tenant's indexed
+    documents, in that order: a superseded version's vectors may linger for a moment after
+    its replacement went live. Read from PostgreSQL in slices (``first`` ids, then the rest),
+    because the caller usually stops after top_k: the lists hold candidates × top_k ids."""
+    start, size = 0, max(first, 1)
+    while start < len(order):
+        ids = order[start : start + size]
+        rows = (
+            DocumentChunk.objects.select_related("document")
+            .only(*CHUNK_FIELDS, *DOCUMENT_FIELDS)
+            .filter(pk__in=ids, document__status=Document.Status.INDEXED)
+        )
+        chunks = {str(c.pk): c for c in rows}
+        for chunk_id in ids:
+            if chunk_id in chunks:
+                yield chunk_id, chunks[chunk_id]
+        start, size = start + size, len(order)
 
 
 def _finish(timings: dict[str, float], started: float) -> dict[str, float]:

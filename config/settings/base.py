@@ -327,6 +327,8 @@ CELERY_BEAT_SCHEDULE = {
 }
 DOCUMENT_DEFAULT_LANGUAGE = env("DOCUMENT_DEFAULT_LANGUAGE", default="zh-CN")
 SEARCH_CACHE_TTL = env.int("SEARCH_CACHE_TTL", default=300)  # seconds (seed: search:{hash} TTL 300)
+# Threads per process for hybrid's BM25 search, sent beside the embedding and the dense search.
+SEARCH_THREADS = env.int("SEARCH_THREADS", default=8)
 
 # --------------------------------------------------------------------------------------
 # Answering

@@ -286,7 +286,7 @@ class TestHits:
         assert re.search(r"<mark>replace</mark> it every", hit.highlighted, re.IGNORECASE)
         assert "<mark>shaft</mark> <mark>seal</mark>" in hit.highlighted.lower()
         timings = result.timings
-        assert set(timings) == {"embed_ms", "milvus_ms", "overhead_ms", "total_ms"}
+        assert set(timings) == {"embed_ms", "milvus_ms", "dense_ms", "bm25_ms", "overhead_ms", "total_ms"}
         assert timings["total_ms"] >= timings["embed_ms"] + timings["milvus_ms"] - 0.02
 
     def test_highlighting_escapes_html_and_never_marks_inside_an_entity(self, acme, index_doc, search):

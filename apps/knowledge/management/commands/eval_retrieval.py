@@ -5,11 +5,16 @@
         --distractors ../shared/eval/xquad-en ../shared/eval/stackfaq
     python manage.py eval_retrieval --dataset ../shared/eval/xquad-en \\
         --queries ../shared/eval/xquad-zh/queries.jsonl          # Chinese questions, English passages
+    python manage.py eval_retrieval --dataset ../shared/eval/xquad-en \\
+        --distractors ../shared/eval/xquad-zh ../shared/eval/stackfaq \\
+        --ask xquad-en xquad-zh stackfaq xquad-en:../shared/eval/xquad-zh/queries.jsonl
+                                  # one load, four question sets (each corpus's own, + cross-lingual)
     python manage.py eval_retrieval --cleanup                     # tenants left by --keep or a killed run
 
 A throw-away tenant (``eval_<random>``) gets one .txt document per passage through the real
 pipeline (document_upload → document_process), the questions go through chunk_search
-(top 10, cache off), and everything is removed at the end unless --keep. See
+(top 10, cache off), and everything is removed at the end unless --keep. ``--ask`` asks
+several question sets of the loaded corpora in one run (loading is most of a run's time). See
 apps/knowledge/evaluation.py and bench/README.md ("Retrieval quality")."""
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -33,6 +39,24 @@ from django_tenants.utils import schema_context
 from apps.knowledge import evaluation
 from apps.knowledge.search import DEFAULT_SEARCH_SETTINGS, MODES
 from apps.knowledge.vectorstore import client_reset, collection_drop, collection_exists, collection_flush
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    name: str  # the corpus's label, or <questions folder>_on_<corpus> (xquad-zh_on_xquad-en)
+    dataset: str  # the corpus whose passages the gold ids name
+    queries: str
+    questions: list
+
+
+def load_labels(load: evaluation.LoadReport) -> dict[str, int]:
+    """Corpus label → passages indexed."""
+    counts: dict[str, int] = {}
+    for keys in load.documents.values():
+        for key in keys:
+            label = key.split("/", 1)[0]
+            counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 class ProgressBar:
@@ -87,6 +111,13 @@ class Command(BaseCommand):
         parser.add_argument("--dataset", type=Path, help="folder with corpus.jsonl (+ queries.jsonl)")
         parser.add_argument("--queries", type=Path, help="questions file (default: <dataset>/queries.jsonl)")
         parser.add_argument(
+            "--ask",
+            nargs="+",
+            metavar="CORPUS[:QUERIES]",
+            help="question sets to ask instead of --dataset/--queries: a loaded corpus (its folder name) whose "
+            "passages the gold ids name, and optionally a questions file (default: that folder's queries.jsonl)",
+        )
+        parser.add_argument(
             "--distractors", type=Path, nargs="*", default=[], help="more corpus folders loaded alongside"
         )
         parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -94,6 +125,12 @@ class Command(BaseCommand):
             "--limit-queries", type=int, metavar="N", help="N questions spread evenly over the file (default all)"
         )
         parser.add_argument("--keep", action="store_true", help="keep the tenant, its documents and vectors")
+        parser.add_argument(
+            "--reuse",
+            metavar="SCHEMA",
+            help="ask in a tenant kept by an earlier --keep run with the same corpora, instead of loading "
+            "(implies --keep; --search-settings replaces its settings['search'])",
+        )
         parser.add_argument(
             "--milvus-lite",
             action="store_true",
@@ -120,6 +157,15 @@ class Command(BaseCommand):
             help="also write both raw candidate lists per question (for bench/retrieval_tune.py)",
         )
         parser.add_argument("--dump-depth", type=int, default=100, help="candidate list depth for --dump-candidates")
+        parser.add_argument(
+            "--shared-candidates",
+            action="store_true",
+            help="ask Milvus once per question (both lists, --dump-depth deep) and rank every mode from that, "
+            "through the code chunk_search runs after Milvus; time --latency-questions real searches per mode",
+        )
+        parser.add_argument(
+            "--latency-questions", type=int, default=300, metavar="N", help="with --shared-candidates (default 300)"
+        )
         parser.add_argument("--cleanup", action="store_true", help="only remove eval_* tenants of earlier runs")
 
     def handle(self, *args, **options):
@@ -127,6 +173,8 @@ class Command(BaseCommand):
             return self.cleanup()
         if not options["dataset"]:
             raise CommandError("--dataset is required (or --cleanup).")
+        if options["reuse"]:
+            options["keep"] = True
         if options["keep"] and options["milvus_lite"]:
             raise CommandError("--keep needs a lasting Milvus: the --milvus-lite server is removed at the end.")
         search = options["search_settings"]
@@ -144,7 +192,7 @@ class Command(BaseCommand):
                 )
             overrides["CHUNK_MAX_TOKENS"] = options["chunk_max_tokens"]
 
-        dataset, corpora, questions = self.read_inputs(options)
+        corpora, sets = self.read_inputs(options)
         # `kill` (SIGTERM) should clean up like Ctrl-C does: unwind through the finally blocks.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         if options["verbosity"] < 2:  # the pipeline logs every document at INFO: thousands of lines
@@ -152,16 +200,14 @@ class Command(BaseCommand):
         with override_settings(**overrides), self.milvus(force_lite=options["milvus_lite"]):
             fresh_collection = bool(options["collection"]) and not collection_exists()
             try:
-                results = self.run(
-                    dataset=dataset, corpora=corpora, questions=questions, options=options, search=search
-                )
+                results = self.run(corpora=corpora, sets=sets, options=options, search=search)
             finally:
                 if fresh_collection and not options["keep"]:
                     collection_drop()
         self.report(results, options)
 
     # --- inputs ---------------------------------------------------------------------------
-    def read_inputs(self, options) -> tuple[str, dict[str, list], list]:
+    def read_inputs(self, options) -> tuple[dict[str, list], list[QuestionSet]]:
         folders = [options["dataset"], *options["distractors"]]
         for folder in folders:
             if not (folder / "corpus.jsonl").is_file():
@@ -169,26 +215,47 @@ class Command(BaseCommand):
         labels = [folder.resolve().name for folder in folders]
         if len(set(labels)) != len(labels):
             raise CommandError(f"corpus folders must have different names (got {labels})")
+        by_label = dict(zip(labels, folders, strict=True))
+        if options["ask"] and options["queries"]:
+            raise CommandError("--queries and --ask do not go together (--ask CORPUS:QUERIES).")
+        asks = []  # (corpus label, questions file)
+        for spec in options["ask"] or [f"{labels[0]}:{options['queries'] or ''}"]:
+            label, _, queries = spec.partition(":")
+            if label not in by_label:
+                raise CommandError(f"--ask {spec}: {label} is not a loaded corpus ({', '.join(labels)})")
+            asks.append((label, Path(queries) if queries else by_label[label] / "queries.jsonl"))
         try:
-            corpora = {label: evaluation.corpus_read(folder) for label, folder in zip(labels, folders, strict=True)}
-            queries_path = options["queries"] or options["dataset"] / "queries.jsonl"
-            questions = evaluation.questions_read(queries_path)
+            corpora = {label: evaluation.corpus_read(folder) for label, folder in by_label.items()}
+            sets = []
+            for label, queries_path in asks:
+                questions = evaluation.questions_read(queries_path)
+                sets.append(self.question_set(label, queries_path, questions, corpora, options))
         except (OSError, ValueError, KeyError) as exc:
             raise CommandError(f"cannot read the evaluation files: {exc}") from exc
-        dataset = labels[0]
-        # Gold ids name passages of --dataset. With --queries from another set (xquad-zh questions
-        # over the xquad-en corpus) that only works when the ids are shared: check every one.
-        known = {p.id for p in corpora[dataset]}
+        names = [s.name for s in sets]
+        if len(set(names)) != len(names):
+            raise CommandError(f"the same question set twice: {names}")
+        return corpora, sets
+
+    def question_set(self, label: str, queries_path: Path, questions: list, corpora: dict, options) -> QuestionSet:
+        # Gold ids name passages of the corpus asked. With questions from another set (xquad-zh
+        # questions over the xquad-en corpus) that only works when the ids are shared: check every one.
+        known = {p.id for p in corpora[label]}
         missing = [q.id for q in questions if not q.gold_ids or not set(q.gold_ids) <= known]
         if missing:
             raise CommandError(
                 f"{len(missing)} of {len(questions)} questions in {queries_path} have gold ids that are not "
-                f"passages of {dataset} (first: {missing[:5]})"
+                f"passages of {label} (first: {missing[:5]})"
             )
-        self.stderr.write(f"gold ids: all {len(questions)} questions point at passages of {dataset}")
-        questions = evaluation.questions_sample(questions, options["limit_queries"])
-        self.queries_label = str(queries_path)
-        return dataset, corpora, questions
+        self.stderr.write(f"gold ids: all {len(questions)} questions of {queries_path} point at passages of {label}")
+        source = queries_path.resolve().parent.name
+        name = label if source == label and queries_path.name == "queries.jsonl" else f"{source}_on_{label}"
+        return QuestionSet(
+            name=name,
+            dataset=label,
+            queries=str(queries_path),
+            questions=evaluation.questions_sample(questions, options["limit_queries"]),
+        )
 
     # --- Milvus -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -223,21 +290,28 @@ class Command(BaseCommand):
             shutil.rmtree(workdir, ignore_errors=True)
 
     # --- the run ----------------------------------------------------------------------------
-    def run(self, *, dataset: str, corpora: dict[str, list], questions: list, options, search: dict | None) -> dict:
-        tenant = evaluation.eval_tenant_create(search=search)
-        self.stderr.write(f"tenant: {tenant.schema_name}")
+    def run(self, *, corpora: dict[str, list], sets: list[QuestionSet], options, search: dict | None) -> dict:
+        if options["reuse"]:
+            tenant = evaluation.eval_tenant_reuse(schema=options["reuse"], search=search)
+        else:
+            tenant = evaluation.eval_tenant_create(search=search)
+        self.stderr.write(f"tenant: {tenant.schema_name}" + (" (reused)" if options["reuse"] else ""))
         results = {
-            "dataset": dataset,
-            "queries": self.queries_label,
-            "questions": len(questions),
             "corpora": {label: len(passages) for label, passages in corpora.items()},
             "settings": evaluation.effective_settings(tenant),
-            "modes": [],
+            "sets": [],
         }
         try:
             with schema_context(tenant.schema_name):
                 load = evaluation.LoadReport()
-                for label, passages in corpora.items():
+                if options["reuse"]:
+                    evaluation.corpus_loaded(labels=list(corpora), report=load)
+                    if load_labels(load) != {label: len(passages) for label, passages in corpora.items()}:
+                        raise CommandError(
+                            f"{tenant.schema_name} holds {load_labels(load)}, not the corpora asked for "
+                            f"({ {label: len(p) for label, p in corpora.items()} })"
+                        )
+                for label, passages in corpora.items() if not options["reuse"] else ():
                     evaluation.corpus_load(
                         label=label, passages=passages, report=load, progress=ProgressBar(f"load {label}")
                     )
@@ -247,27 +321,8 @@ class Command(BaseCommand):
                 results["failed_documents"] = load.failed
                 for key, error in load.failed[:10]:
                     self.stderr.write(self.style.WARNING(f"  not indexed: {key}: {error}"))
-                for mode in options["modes"]:
-                    outcomes = evaluation.questions_ask(
-                        tenant=tenant,
-                        questions=questions,
-                        dataset=dataset,
-                        mode=mode,
-                        documents=load.documents,
-                        progress=ProgressBar(f"ask {mode}"),
-                    )
-                    results["modes"].append(evaluation.scores(mode=mode, outcomes=outcomes, dataset=dataset))
-                if options["dump_candidates"]:
-                    rows = evaluation.candidates_collect(
-                        questions=questions,
-                        dataset=dataset,
-                        documents=load.documents,
-                        depth=options["dump_depth"],
-                        progress=ProgressBar("dump candidates"),
-                    )
-                    options["dump_candidates"].write_text(
-                        json.dumps({**results, "modes": [], "rows": rows}, ensure_ascii=False), encoding="utf-8"
-                    )
+                for qset in sets:
+                    results["sets"].append(self.ask(tenant=tenant, qset=qset, load=load, options=options, sets=sets))
         finally:
             if options["keep"]:
                 self.stderr.write(f"kept tenant {tenant.schema_name} (remove with --cleanup)")
@@ -276,31 +331,97 @@ class Command(BaseCommand):
                 evaluation.eval_tenant_destroy(tenant)
         return results
 
+    def ask(self, *, tenant, qset: QuestionSet, load, options, sets: list[QuestionSet]) -> dict:
+        out = {
+            "name": qset.name,
+            "dataset": qset.dataset,
+            "queries": qset.queries,
+            "questions": len(qset.questions),
+            "modes": [],
+        }
+        rows = None
+        if options["shared_candidates"]:
+            outcomes, latencies, rows = evaluation.questions_ask_shared(
+                tenant=tenant,
+                questions=qset.questions,
+                dataset=qset.dataset,
+                modes=options["modes"],
+                documents=load.documents,
+                depth=options["dump_depth"],
+                latency_questions=options["latency_questions"],
+                progress=ProgressBar(f"{qset.name}: ask"),
+            )
+            for mode in options["modes"]:
+                out["modes"].append(
+                    evaluation.scores(
+                        mode=mode, outcomes=outcomes[mode], dataset=qset.dataset, latencies=latencies[mode]
+                    )
+                )
+        else:
+            for mode in options["modes"]:
+                outcomes = evaluation.questions_ask(
+                    tenant=tenant,
+                    questions=qset.questions,
+                    dataset=qset.dataset,
+                    mode=mode,
+                    documents=load.documents,
+                    progress=ProgressBar(f"{qset.name}: ask {mode}"),
+                )
+                out["modes"].append(evaluation.scores(mode=mode, outcomes=outcomes, dataset=qset.dataset))
+        if options["dump_candidates"]:
+            if rows is None:
+                rows = evaluation.candidates_collect(
+                    questions=qset.questions,
+                    dataset=qset.dataset,
+                    documents=load.documents,
+                    depth=options["dump_depth"],
+                    progress=ProgressBar(f"{qset.name}: dump candidates"),
+                )
+            target = options["dump_candidates"]
+            if len(sets) > 1 or target.is_dir():  # a folder: one <set>.cand.json per question set
+                target.mkdir(parents=True, exist_ok=True)
+                target = target / f"{qset.name}.cand.json"
+            target.write_text(
+                json.dumps({**out, "modes": [], "corpora": list(load_labels(load)), "rows": rows}, ensure_ascii=False),
+                encoding="utf-8",
+            )
+        return out
+
     def report(self, results: dict, options) -> None:
         corpora = ", ".join(f"{label} ({n})" for label, n in results["corpora"].items())
         conf = results["settings"]
         self.stdout.write(
-            f"\n{results['dataset']}: {results['questions']} questions from {results['queries']}\n"
-            f"passages: {corpora}; loaded in {results['load_seconds']:.0f} s"
+            f"\npassages: {corpora}; loaded in {results['load_seconds']:.0f} s"
             + (f"; {len(results['failed_documents'])} NOT INDEXED" if results["failed_documents"] else "")
             + f"\nsearch settings {json.dumps(conf['search'])}, CHUNK_MAX_TOKENS {conf['chunk_max_tokens']}, "
-            f"top_k {evaluation.TOP_K}\n"
+            f"top_k {evaluation.TOP_K}"
         )
         distractors = len(results["corpora"]) > 1
-        header = f"{'mode':<8} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR@10':>7} {'p50 ms':>7} {'p95 ms':>7}"
-        if distractors:
-            header += f" {'top-1 distractor':>17}"
-        self.stdout.write(header)
-        for s in results["modes"]:
-            line = (
-                f"{s.mode:<8} {s.recall[1]:6.3f} {s.recall[5]:6.3f} {s.recall[10]:6.3f} {s.mrr:7.3f} "
-                f"{s.p50_ms:7.1f} {s.p95_ms:7.1f}"
+        for qset in results["sets"]:
+            self.stdout.write(
+                f"\n{qset['name']}: {qset['questions']} questions from {qset['queries']} over {qset['dataset']}"
+                + (" (the other corpora are distractors)" if distractors else "")
             )
+            timed = {s.timed for s in qset["modes"]}
+            if timed != {qset["questions"]}:
+                self.stdout.write(f"(latency: {', '.join(map(str, sorted(timed)))} questions timed per mode)")
+            header = f"{'mode':<8} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR@10':>7} {'p50 ms':>7} {'p95 ms':>7}"
             if distractors:
-                line += f" {s.top1_distractor:17.1%}"
-            self.stdout.write(line)
+                header += f" {'top-1 distractor':>17}"
+            self.stdout.write(header)
+            for s in qset["modes"]:
+                line = (
+                    f"{s.mode:<8} {s.recall[1]:6.3f} {s.recall[5]:6.3f} {s.recall[10]:6.3f} {s.mrr:7.3f} "
+                    f"{s.p50_ms:7.1f} {s.p95_ms:7.1f}"
+                )
+                if distractors:
+                    line += f" {s.top1_distractor:17.1%}"
+                self.stdout.write(line)
         if options["json"]:
-            data = {**results, "modes": [s.as_dict() for s in results["modes"]]}
+            data = {
+                **results,
+                "sets": [{**qset, "modes": [s.as_dict() for s in qset["modes"]]} for qset in results["sets"]],
+            }
             options["json"].write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
 
     def cleanup(self) -> None:
