@@ -170,6 +170,24 @@ def client_reset() -> None:
         _ensured.clear()
 
 
+def client_forget(*, uri: str | None = None) -> None:
+    """Close the cached client of ``uri`` only (none if ``None``) and forget the partitions
+    seen, which are cached per collection name, not per server. For tests that run a Milvus
+    server of their own beside the session's: ``client_reset`` would also close the session
+    server's client, and a new client on pymilvus's shared channel after a minute of idleness
+    was refused ("too many pings"), while a kept client recovers."""
+    with _client_lock:
+        client = _clients.pop(uri, None) if uri else None
+        _ready.clear()
+        for key in [k for k in _existing if k[0] == uri]:
+            _existing.discard(key)
+        for key in [k for k in _ensured if k[0] == uri]:
+            _ensured.discard(key)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 def _forget(name: str) -> None:
     """Drop what this process believes about collection ``name`` (after an error: it may
     have been dropped or recreated by another process, or the server restarted)."""

@@ -14,7 +14,8 @@ How this test stays out of the other tests' way:
   gRPC channels to Milvus, database and Redis sockets and helper threads; a forked daphne
   would inherit them half-alive. The server process is started with ``spawn`` and finds the
   test database and its own Milvus Lite through the environment.
-* **Its own Milvus Lite**, started here and stopped afterwards: the vectors go with it.
+* **Its own Milvus Lite**, started here and stopped afterwards: the vectors go with it. The
+  session server's cached client is left open (see ``vectorstore.client_forget``).
 """
 
 from __future__ import annotations
@@ -169,32 +170,22 @@ class ConsoleInBrowserTest(ChannelsLiveServerTestCase):
     # ---------------------------------------------------------------- class setup
     @classmethod
     def setUpClass(cls):
-        from django.conf import settings
         from django.db import connection, connections
         from django.test.utils import override_settings
 
         from apps.core.testing import start_milvus
-        from apps.knowledge.vectorstore import client_reset
+        from apps.knowledge.vectorstore import client_forget
 
         cls._workdir = Path(tempfile.mkdtemp(prefix="console-browser-"))
         cls._milvus = start_milvus(cls._workdir)
         cls._settings = override_settings(MILVUS_URI=cls._milvus.url)
         cls._settings.enable()
-        client_reset()
+        client_forget()
         server_environ = {
             "TEST_DATABASE_NAME": connection.settings_dict["NAME"],
             "MILVUS_URI": cls._milvus.url,
             "CHAT_PROVIDER": "extractive",
         }
-        layer_url = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
-        if isinstance(layer_url, str) and "socket_timeout" not in layer_url:
-            # redis-py 8 reads with a 5 s socket timeout by default, channels_redis blocks in
-            # BZPOPMIN for 5 s: a socket quiet for 5 s (retrieval, a first model load) loses
-            # its consumer with "Timeout reading from …". Until the settings give the channel
-            # layer a longer socket timeout, the server under test gets one here.
-            server_environ["TEST_CHANNEL_REDIS_URL"] = (
-                layer_url + ("&" if "?" in layer_url else "?") + "socket_timeout=30"
-            )
         cls._environ = {k: os.environ.get(k) for k in server_environ}
         os.environ.update(server_environ)
         connections.close_all()
@@ -222,15 +213,15 @@ class ConsoleInBrowserTest(ChannelsLiveServerTestCase):
 
     @classmethod
     def _class_cleanup(cls):
-        from apps.knowledge.vectorstore import client_reset
-
         for key, value in cls._environ.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
         cls._settings.disable()
-        client_reset()
+        from apps.knowledge.vectorstore import client_forget
+
+        client_forget(uri=cls._milvus.url)
         cls._milvus.stop()
         shutil.rmtree(cls._workdir, ignore_errors=True)
 
