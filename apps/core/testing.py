@@ -21,6 +21,21 @@ VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 60.0
 
 
+def shared_eval_dir() -> Path:
+    """The shared evaluation material (``shared/eval``: documents in every format, QA sets).
+
+    ``ZHIDA_EVAL_DIR`` if set; otherwise ``shared/eval`` beside the checkout (the workplace's
+    layout), or beside ``/work/main`` for a clone made elsewhere on the same machine (CI
+    clones into a directory of its own). Tests that need it skip, saying where they looked,
+    only when none exists."""
+    explicit = os.environ.get("ZHIDA_EVAL_DIR")
+    if explicit:
+        return Path(explicit)
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [repo.parent / "shared" / "eval", Path("/work/shared/eval")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -24,9 +24,10 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import schema_context
 
+from apps.core.testing import shared_eval_dir
 from conftest import SEED_PASSWORD, seed_email
 
-DOCS = Path(__file__).resolve().parents[3].parent / "shared" / "eval" / "docs"
+DOCS = shared_eval_dir() / "docs"
 MISSING = f"evaluation documents not found at {DOCS}"
 TENANTS = ("acme", "globex")
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from apps.core.testing import shared_eval_dir
 from apps.knowledge.pipeline.extract import extract, sniff
 from apps.knowledge.pipeline.extractors import ooxml
 from apps.knowledge.pipeline.extractors.text import normalize_text
 from apps.knowledge.pipeline.types import ExtractionError, Section
 
-DOCS = Path(__file__).resolve().parents[3].parent / "shared" / "eval" / "docs"
+DOCS = shared_eval_dir() / "docs"
 MISSING = f"evaluation documents not found at {DOCS}"
 
 # directory → the file_type sniff() must find there
