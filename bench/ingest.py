@@ -743,31 +743,15 @@ def tenant_new(created: list[str]) -> str:
 def cleanup(schemas: list[str]) -> None:
     """Drop the schemas and delete every public row written for them: the tenant (cascading
     to its domain, subscription and usage records) and its platform audit rows."""
-    from django.db import connection
+    from bench._tenants import tenants_drop
 
-    from apps.audit.models import AuditLog
-    from apps.tenancy.models import Tenant
-
-    connection.set_schema_to_public()
-    tenants = list(Tenant.objects.filter(schema_name__in=schemas))
-    AuditLog.objects.filter(resource_type="tenant", resource_id__in=[str(t.pk) for t in tenants]).delete()
-    for tenant in tenants:
-        tenant.delete(force_drop=True)  # DROP SCHEMA ... CASCADE, then the rows
-    with connection.cursor() as cursor:  # a tenant whose row never committed
-        for schema in schemas:
-            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    tenants_drop(schemas)
 
 
 def leftovers() -> list[str]:
-    from django.db import connection
+    from bench._tenants import tenant_leftovers
 
-    from apps.tenancy.models import Tenant
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", [PREFIX + "%"])
-        schemas = {row[0] for row in cursor.fetchall()}
-    schemas |= set(Tenant.objects.filter(schema_name__startswith=PREFIX).values_list("schema_name", flat=True))
-    return sorted(schemas)
+    return tenant_leftovers(PREFIX)
 
 
 def broker_check(url: str) -> set[bytes]:

@@ -55,8 +55,6 @@ from django_tenants import models as tenant_models  # noqa: E402
 from django_tenants.clone import CloneSchema  # noqa: E402
 from django_tenants.utils import schema_exists  # noqa: E402
 
-from apps.audit.models import AuditLog  # noqa: E402
-from apps.tenancy.models import Tenant  # noqa: E402
 from apps.tenancy.services import tenant_create  # noqa: E402
 
 PREFIX = "bench_"
@@ -223,14 +221,9 @@ class TemplateDDL:
 def cleanup(schemas: list[str]) -> None:
     """Drop the schemas and delete every row tenant_create wrote for them: the tenant
     (cascading to its domain and subscription) and its platform audit rows."""
-    connection.set_schema_to_public()
-    tenants = list(Tenant.objects.filter(schema_name__in=schemas))
-    AuditLog.objects.filter(resource_type="tenant", resource_id__in=[str(t.pk) for t in tenants]).delete()
-    for tenant in tenants:
-        tenant.delete(force_drop=True)  # DROP SCHEMA ... CASCADE, then the rows
-    with connection.cursor() as cursor:  # ballast, alternatives, a tenant whose row never committed
-        for schema in schemas:
-            cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    from bench._tenants import tenants_drop
+
+    tenants_drop(schemas)
     # Creating and dropping schemas leaves dead rows in the system catalogs, which slow
     # clone_schema() down on the next run until autovacuum gets to them.
     catalogs_analyze(vacuum=True)
@@ -246,11 +239,9 @@ def catalogs_analyze(*, vacuum: bool = False) -> None:
 
 
 def leftovers() -> list[str]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", [PREFIX + "%"])
-        schemas = {row[0] for row in cursor.fetchall()}
-    schemas |= set(Tenant.objects.filter(schema_name__startswith=PREFIX).values_list("schema_name", flat=True))
-    return sorted(schemas)
+    from bench._tenants import tenant_leftovers
+
+    return tenant_leftovers(PREFIX)
 
 
 # --- main ---------------------------------------------------------------------------------------------
