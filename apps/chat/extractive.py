@@ -16,6 +16,10 @@ import numpy as np
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_SENTENCES = 3
 MIN_RELATIVE_SCORE = 0.9
+# A part number or error code (letters and digits, e.g. E1234, XR-7731-B). Found verbatim in
+# a passage it is strong evidence: the answer check in services and sentence choice here.
+IDENTIFIER = re.compile(r"(?=[A-Za-z0-9_.\-]*\d)(?=[A-Za-z0-9_.\-]*[A-Za-z])[A-Za-z0-9][A-Za-z0-9_.\-]{2,}")
+IDENTIFIER_BONUS = 0.5
 
 
 def language_of(text: str) -> str:
@@ -113,11 +117,17 @@ def sentence_vectors() -> SentenceVectors:
         return _sentence_vectors
 
 
+def _is_title_line(position: int, sentence: str) -> bool:
+    """A chunk opens with its heading path (the chunker puts it there): a first line without
+    sentence punctuation is a title, not an answer, however many words it has."""
+    return position == 0 and len(sentence) < 80 and not re.search(r"[。！？.!?；;：:，,]", sentence)
+
+
 def _candidates_of(source: dict) -> list[Candidate]:
     return [
         Candidate(source["number"], source["rank"], position, sentence)
         for position, sentence in enumerate(_sentences(source["text"]))
-        if len(sentence) >= 4 and not _is_heading_only(sentence)
+        if len(sentence) >= 4 and not _is_heading_only(sentence) and not _is_title_line(position, sentence)
     ]
 
 
@@ -165,13 +175,15 @@ def compose(*, question: str, sources: list[dict], question_vector: list[float] 
     q = np.asarray(question_vector if question_vector is not None else embedded_q, dtype=np.float32)
     similarities = [float(x) for group, m in zip(per_source, matrices, strict=True) if group for x in m @ q]
     terms = _query_terms(question)
+    identifiers = [code.lower() for code in IDENTIFIER.findall(question)]
     lang = language_of(question)
     for candidate, similarity in zip(candidates, similarities, strict=True):
         lowered = candidate.text.lower()
         overlap = sum(1 for t in terms if t in lowered) / max(1, len(terms))
         same_language = 0.05 if language_of(candidate.text) == lang else 0.0
         rank_prior = 0.04 * (1.0 / candidate.source_rank)
-        candidate.score = similarity + 0.35 * overlap + same_language + rank_prior
+        exact = IDENTIFIER_BONUS if any(code in lowered for code in identifiers) else 0.0
+        candidate.score = similarity + 0.35 * overlap + same_language + rank_prior + exact
     best = max(c.score for c in candidates)
     chosen = sorted(candidates, key=lambda c: -c.score)[:MAX_SENTENCES]
     lead = chosen[0]

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from apps.audit.services import actor_describe, audit_log_record
 from apps.chat import events
+from apps.chat.extractive import IDENTIFIER
 from apps.chat.models import Conversation, Message, MessageFeedback, MessageSource
 from apps.core.exceptions import Conflict, ValidationFailed
 
@@ -262,9 +263,6 @@ def question_rewrite(*, question: str, history: list[Message]) -> str:
         # Retrieval reads MAX_QUERY_CHARS: shorten the carried subject, never the follow-up.
         return f"{base[: max(0, MAX_QUERY_CHARS - len(question) - 1)]} {question}".strip()
     return question
-
-
-IDENTIFIER = re.compile(r"(?=[A-Za-z0-9_.\-]*\d)(?=[A-Za-z0-9_.\-]*[A-Za-z])[A-Za-z0-9][A-Za-z0-9_.\-]{2,}")
 
 
 def _exact_identifier_hit(question: str, hit) -> bool:

@@ -57,3 +57,39 @@ def test_the_same_passage_in_another_tenant_is_embedded_again(
     again, _ = ask(globex, conversation_of(globex), question)
     assert sentence_batches(calls, question) == []  # globex's own entries now answer
     assert again.assistant_message.content == in_globex.assistant_message.content
+
+
+# --------------------------------------------------------------------------------------
+# Which sentences an answer quotes
+# --------------------------------------------------------------------------------------
+ERROR_TABLE = (
+    "3. Error codes\n"
+    "Code | Meaning | What to do\n"
+    "E1001 | No WAN link | Check the cable between the modem and the WAN port.\n"
+    "E1234 | Firmware signature invalid | Download the firmware again and retry the upgrade.\n"
+    "E2040 | Overheating | Move the router to a ventilated place."
+)
+
+
+def test_an_error_code_in_the_question_picks_its_table_row(db):
+    from apps.chat.extractive import compose
+
+    text, cited = compose(
+        question="What does error E1234 mean?", sources=[{"number": 1, "text": ERROR_TABLE, "rank": 1}]
+    )
+
+    assert text.startswith("E1234 | Firmware signature invalid") and cited == [1]
+    assert "Code | Meaning" not in text
+
+
+def test_a_chunks_title_line_is_never_the_answer(db):
+    from apps.chat.extractive import compose
+
+    passage = (
+        "X200 Wi-Fi Router — User Manual — Resetting the router\n"
+        "To restore factory settings, press and hold the RESET button for 10 seconds."
+    )
+
+    text, _ = compose(question="How do I reset the X200 router?", sources=[{"number": 1, "text": passage, "rank": 1}])
+
+    assert text.startswith("To restore factory settings") and "User Manual" not in text
