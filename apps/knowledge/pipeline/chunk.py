@@ -5,7 +5,8 @@ Structure first, then size:
 1. Sections are never merged across a page, slide, sheet or heading_path change. Adjacent
    small sections at the same place (same page/slide/sheet/heading_path, compatible kind) are
    merged while the result stays within ``max_tokens``; a heading-only section is always
-   glued to the text that follows it at the same place, so a heading never ends up alone.
+   glued to what follows it (at the same place, or the subsection or table right below it),
+   so a heading never ends up alone.
 2. A text that is still too long is cut into units — sentences (Chinese 。！？； and
    newlines, English . ! ? followed by whitespace, not after "e.g." or "Dr." and not in
    "3.14") — and the units are packed greedily into chunks of at most ``max_tokens``. A
@@ -330,15 +331,16 @@ def _groups(sections: Iterable[Section], max_tokens: int) -> Iterator[_Group]:
                 group.sections.append(section)
                 continue
         heading = ""
-        if (
-            group is not None
-            and group.headings_only
-            and _kind_class(section) == "table"
-            and token_count(group.text) <= max_tokens // 4
-        ):
-            # A heading alone would be a chunk that matches queries but answers nothing:
-            # it rides along with the table below it instead.
-            heading, group = group.text, None
+        if group is not None and group.headings_only and token_count(group.text) <= max_tokens // 4:
+            # A heading alone would be a chunk that matches queries but answers nothing (a
+            # document's title above its first subsection, a chapter above a table): it
+            # rides along with what follows it instead, as a table's header line or as the
+            # first lines of the text.
+            if _kind_class(section) == "table":
+                heading = group.text
+            else:
+                text = group.text + SECTION_SEPARATOR + text
+            group = None
         if group is not None:
             yield group
         group = _Group(text=text, sections=[section], heading=heading)

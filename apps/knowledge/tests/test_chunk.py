@@ -260,6 +260,26 @@ def test_heading_is_kept_with_its_text():
     assert chunks[0].metadata == {**where, "kind": "text"}
 
 
+def test_a_title_above_a_subsection_is_not_a_chunk_of_its_own():
+    """A document's title (H1) right above its first subsection (H2) used to be a chunk of
+    one line: it matched every question about the product and answered none."""
+    sections = [
+        Section("X200 Router Manual", {"heading_path": ["X200 Router Manual"], "kind": "heading"}),
+        Section("1. Resetting", {"heading_path": ["X200 Router Manual", "1. Resetting"], "kind": "heading"}),
+        Section("Hold RESET for 10 seconds.", {"heading_path": ["X200 Router Manual", "1. Resetting"], "kind": "text"}),
+        Section("2. Warranty", {"heading_path": ["X200 Router Manual", "2. Warranty"], "kind": "heading"}),
+        Section("Two years.", {"heading_path": ["X200 Router Manual", "2. Warranty"], "kind": "text"}),
+    ]
+
+    chunks = chunks_of(sections)
+
+    assert [c.content for c in chunks] == [
+        "X200 Router Manual\n\n1. Resetting\n\nHold RESET for 10 seconds.",
+        "2. Warranty\n\nTwo years.",
+    ]
+    assert chunks[0].metadata["heading_path"] == ["X200 Router Manual", "1. Resetting"]
+
+
 def test_notes_are_not_merged_with_slide_text():
     sections = [
         Section("Body.", {"slide": 1, "kind": "text"}),
