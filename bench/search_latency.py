@@ -132,7 +132,7 @@ def load(tenants: list[Any], *, upto: int, have: int, texts: list[str], base, di
 
     from apps.knowledge.models import Document, DocumentChunk
     from apps.knowledge.services import chunk_uuid, tenant_key
-    from apps.knowledge.vectorstore import VectorRow, vectors_upsert
+    from apps.knowledge.vectorstore import VectorRow, vectors_commit, vectors_upsert
 
     rng = np.random.default_rng(seed + have)
     now = timezone.now()
@@ -191,8 +191,11 @@ def load(tenants: list[Any], *, upto: int, have: int, texts: list[str], base, di
                     )
             Document.objects.bulk_create(documents, batch_size=500)
             DocumentChunk.objects.bulk_create(chunks, batch_size=1000)
-            for start in range(0, len(rows), 1000):
-                vectors_upsert(tenant_key=key, rows=rows[start : start + 1000], dimension=dimension)
+            # As document_process writes them: each document's rows, then vectors_commit
+            # (on Lite a flush: one sealed segment per document, merged by Lite's compaction).
+            for start in range(0, len(rows), CHUNKS_PER_DOCUMENT):
+                vectors_upsert(tenant_key=key, rows=rows[start : start + CHUNKS_PER_DOCUMENT], dimension=dimension)
+                vectors_commit(tenant_key=key)
         progress(number, len(tenants), f"loading to {upto} chunks/tenant")
 
 
@@ -350,7 +353,7 @@ def measure(
 
 def partition_probe(*, rows: int = 50, rounds: int = 100, seed: int = 7) -> None:
     """Milvus Lite alone: one search in ONE partition of ``rows`` vectors, in collections
-    holding 1, 10, 50, 100 and 200 such partitions (one per tenant, as vectorstore does on
+    holding 1, 10, 50, 100 and 200 such partitions (one per tenant, as vectorstore did on
     Lite), with the partition and tenant filter (what vectorstore sends), the partition only,
     and the filter only. Rounds interleave the collections, so machine load hits all alike."""
     import numpy as np

@@ -135,7 +135,7 @@ def eval_tenant_reuse(*, schema: str, search: dict | None = None) -> Any:
 
 
 def eval_tenant_destroy(tenant: Any) -> None:
-    """Remove everything the evaluation wrote for ``tenant``: its vectors (partition),
+    """Remove everything the evaluation wrote for ``tenant``: its vectors (its collection on Lite),
     stored files, cache keys, schema (DROP SCHEMA ... CASCADE) and public rows (tenant,
     domain, subscription, usage records, platform audit rows)."""
     from apps.audit.models import AuditLog

@@ -2,7 +2,8 @@
 
 Modes: ``dense`` (query embedding, cosine), ``bm25`` (Milvus BM25 over jieba tokens) and
 ``hybrid`` (both, fused: see ``fuse``). Tenant isolation is enforced
-here — the tenant's partition *and* a tenant_id filter in Milvus, then a join back to this
+here — the tenant's own collection (Lite) or partition key (server) *and* a tenant_id
+filter in Milvus, then a join back to this
 tenant's schema — never by the caller. Results are cached in Redis per tenant, keyed by a
 knowledge version that every document change bumps."""
 

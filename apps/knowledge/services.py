@@ -480,7 +480,7 @@ def document_claim(*, document_id: Any) -> Document | None:
 def document_chunk_bound(document: Document) -> int:
     """The most chunks any run of this document had so far: its vectors can only have the
     ids ``chunk_uuid(document, i)`` for i below that, so they can be deleted by primary key
-    without asking Milvus (a query by document scans the tenant's whole partition). Every
+    without asking Milvus (a query by document scans the tenant's whole collection). Every
     run that wrote a vector logged its chunk count first (the chunk stage ends before the
     embed stage starts). 0 before a document's first processing: nothing of it can be in
     Milvus yet."""
@@ -509,7 +509,7 @@ def document_process(*, document_id: Any) -> Document | None:
     from apps.knowledge.pipeline.chunk import chunk_sections
     from apps.knowledge.pipeline.embed import embed_texts, get_embedder
     from apps.knowledge.pipeline.extract import extract
-    from apps.knowledge.vectorstore import VectorRow, VectorWriter, vectors_delete, vectors_delete_ids
+    from apps.knowledge.vectorstore import VectorRow, VectorWriter, vectors_commit, vectors_delete, vectors_delete_ids
 
     document = document_claim(document_id=document_id)
     if document is None:
@@ -569,6 +569,7 @@ def document_process(*, document_id: Any) -> Document | None:
                 # settings changed in between: the bytes of a document never do).
                 stale = document_vector_ids(document.pk, earlier_chunks)[len(chunks) :]
                 vectors_delete_ids(tenant_key=key, ids=stale)
+                vectors_commit(tenant_key=key)  # sealed before searchable (Lite: see vectors_commit)
                 replaced = _document_swap_in(document=document, chunks=chunks)
                 details.update(
                     vectors=writer.rows_written,
@@ -740,7 +741,13 @@ def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], N
     chunk text and upserted; vectors with no chunk behind them (deleted or superseded
     documents, lost updates) are removed."""
     from apps.knowledge.pipeline.embed import embed_texts, get_embedder
-    from apps.knowledge.vectorstore import VectorRow, vectors_delete_ids, vectors_ids_by_document, vectors_upsert
+    from apps.knowledge.vectorstore import (
+        VectorRow,
+        vectors_commit,
+        vectors_delete_ids,
+        vectors_ids_by_document,
+        vectors_upsert,
+    )
 
     key = tenant_key()
     report = ReconcileReport(documents_repaired=[])
@@ -781,4 +788,6 @@ def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], N
                 vectors_upsert(tenant_key=key, rows=rows, dimension=embedder.dimension)
         if progress:
             progress(done, len(doc_ids))
+    if report.vectors_restored and not dry_run:
+        vectors_commit(tenant_key=key)
     return report

@@ -1,4 +1,4 @@
-"""The Milvus collection that holds every tenant's chunk vectors (seed: document_vectors).
+"""The Milvus collection(s) that hold every tenant's chunk vectors (seed: document_vectors).
 
 Facts measured for this design (see the ingestion issue):
 * Only one process may open a Milvus Lite data dir, so Lite runs as ONE server process and
@@ -6,11 +6,26 @@ Facts measured for this design (see the ingestion issue):
 * Concurrent writers followed by a kill -9 lost rows on Lite; a single writer lost none.
   Every write therefore goes through ``vector_write_lock`` (a Redis lock), whatever the
   Celery layout.
-* On Lite a filter on tenant_id alone scans every row; a partition per tenant does not. So:
-  Lite → one partition per tenant; a server → the partition key on tenant_id. Searches
-  always filter on tenant_id as well.
-* FLAT/COSINE on Lite (IVF_PQ/DISKANN/SCANN are accepted by Lite but then the collection
-  cannot be loaded after a restart); HNSW on a server.
+* On a Milvus server: ONE collection, the partition key on tenant_id, HNSW. Searches always
+  filter on tenant_id as well.
+* On Milvus Lite: ONE COLLECTION PER TENANT (``<MILVUS_COLLECTION>__t_<tenant key>``), FLAT,
+  still filtered on tenant_id, and sealed after every document (``vectors_commit``).
+  The seed (and the ingestion issue) asked for a partition per tenant in one collection;
+  Milvus Lite 3.x, the version we ship, is a pure-Python engine, and measuring it showed
+  why that layout does not hold up (bench/README.md, "Milvus Lite layout"):
+  - every search walks every segment of the *collection* in Python (to resolve the newest
+    version of each primary key), whatever partition it asks for, so each tenant's search
+    grew with every other tenant's rows: 0.2 ms per partition per search before, a few ms
+    whatever the number of tenants now;
+  - unsealed rows (the memtable, up to 128 MB per collection) are re-read and, for BM25,
+    re-indexed on every search: 2,000 unsealed chunks cost 64 ms (dense) and 172 ms (BM25)
+    per search, 3.7 ms each once sealed. So each document's vectors are sealed as soon as
+    they are written (a flush, ~8 ms), and Lite's own size-tiered compaction merges the
+    small segments (4 of a size at a time);
+  - a flush seals the whole collection: with one collection it would have cut every
+    tenant's unsealed rows into a segment at each document of any tenant.
+  IVF_PQ/DISKANN/SCANN are never used on Lite (accepted, then the collection cannot be
+  loaded after a restart).
 
 Fields: the seed's (id, tenant_id, document_id, chunk_id, vector, content, metadata), plus
 ``sparse``: BM25 over ``content`` (jieba analyzer) computed by Milvus itself, so hybrid
@@ -113,11 +128,12 @@ ANALYZER_PARAMS = {
 LOCK_LEASE = 15.0
 _client_lock = threading.Lock()
 _clients: dict[str, Any] = {}
+# Lite: a tenant's collection is <MILVUS_COLLECTION><TENANT_COLLECTION_INFIX><key, hex>.
+TENANT_COLLECTION_INFIX = "__t_"
 # Per-process caches of what this process has seen in Milvus, so the write and search
-# paths do not ask again on every call: partitions created (name, partition), collections
-# known to exist (uri, name) and collections ensured for a dimension (uri, name, dim).
-# Forgotten on any Milvus error in those paths, on collection_drop and on client_reset.
-_ready: set[tuple[str, str]] = set()
+# paths do not ask again on every call: collections known to exist (uri, name) and
+# collections ensured for a dimension (uri, name, dim). Forgotten on any Milvus error in
+# those paths, on collection_drop and on client_reset.
 _existing: set[tuple[str, str]] = set()
 _ensured: set[tuple[str, str, int]] = set()
 
@@ -141,8 +157,23 @@ def is_lite() -> bool:
     return settings.MILVUS_MODE == "lite"
 
 
-def partition_name(tenant_key: str) -> str:
-    return "t_" + tenant_key.replace("-", "")
+def collection_name(*, tenant_key: str) -> str:
+    """Where a tenant's vectors live: its own collection on Lite (module docstring), the one
+    shared collection (partition key on tenant_id) on a server."""
+    base = settings.MILVUS_COLLECTION
+    if not is_lite():
+        return base
+    slug = "".join(c for c in tenant_key if c.isascii() and c.isalnum())
+    if not slug:
+        raise ValueError(f"Tenant key {tenant_key!r} cannot name a collection.")
+    return f"{base}{TENANT_COLLECTION_INFIX}{slug}"
+
+
+def _collection_names(client) -> list[str]:
+    """The base collection and, on Lite, every tenant collection under it."""
+    base = settings.MILVUS_COLLECTION
+    prefix = base + TENANT_COLLECTION_INFIX
+    return [n for n in client.list_collections() if n == base or n.startswith(prefix)]
 
 
 def _client():
@@ -165,20 +196,18 @@ def client_reset() -> None:
             with contextlib.suppress(Exception):
                 client.close()
         _clients.clear()
-        _ready.clear()
         _existing.clear()
         _ensured.clear()
 
 
 def client_forget(*, uri: str | None = None) -> None:
-    """Close the cached client of ``uri`` only (none if ``None``) and forget the partitions
-    seen, which are cached per collection name, not per server. For tests that run a Milvus
+    """Close the cached client of ``uri`` only (none if ``None``) and forget what this
+    process saw of that server. For tests that run a Milvus
     server of their own beside the session's: ``client_reset`` would also close the session
     server's client, and a new client on pymilvus's shared channel after a minute of idleness
     was refused ("too many pings"), while a kept client recovers."""
     with _client_lock:
         client = _clients.pop(uri, None) if uri else None
-        _ready.clear()
         for key in [k for k in _existing if k[0] == uri]:
             _existing.discard(key)
         for key in [k for k in _ensured if k[0] == uri]:
@@ -191,8 +220,6 @@ def client_forget(*, uri: str | None = None) -> None:
 def _forget(name: str) -> None:
     """Drop what this process believes about collection ``name`` (after an error: it may
     have been dropped or recreated by another process, or the server restarted)."""
-    for key in [k for k in _ready if k[0] == name]:
-        _ready.discard(key)
     for key in [k for k in _existing if k[1] == name]:
         _existing.discard(key)
     for key in [k for k in _ensured if k[1] == name]:
@@ -296,11 +323,11 @@ def _index_params(client):
     return params
 
 
-def collection_ensure(*, dimension: int) -> str:
-    """Create the collection if missing (dimension from the embedding provider) and load it.
-    A collection made for another dimension is a configuration error, said plainly.
-    Once per process (3 RPCs): later calls for the same dimension return at once."""
-    name = settings.MILVUS_COLLECTION
+def collection_ensure(*, dimension: int, tenant_key: str) -> str:
+    """Create the tenant's collection if missing (dimension from the embedding provider) and
+    load it. A collection made for another dimension is a configuration error, said plainly.
+    Once per process and collection (3 RPCs): later calls return at once."""
+    name = collection_name(tenant_key=tenant_key)
     if (settings.MILVUS_URI, name, dimension) in _ensured:
         return name
     client = _client()
@@ -325,8 +352,10 @@ def collection_ensure(*, dimension: int) -> str:
 
 
 def collection_exists() -> bool:
+    """Whether MILVUS_COLLECTION holds anything yet: the collection itself (a server) or any
+    tenant's collection under it (Lite)."""
     with _milvus_errors():
-        return _client().has_collection(settings.MILVUS_COLLECTION)
+        return bool(_collection_names(_client()))
 
 
 def _collection_known(client, name: str) -> bool:
@@ -341,11 +370,12 @@ def _collection_known(client, name: str) -> bool:
     return exists
 
 
-def _on_collection(default: Any, call: Any) -> Any:
-    """``call(client, name)`` if the collection exists, else ``default``. The existence is
-    cached; when the call fails the cache is dropped and, if the collection turns out to be
-    gone (dropped by another process), the answer is ``default`` as if it had been asked."""
-    name = settings.MILVUS_COLLECTION
+def _on_collection(default: Any, call: Any, *, tenant_key: str) -> Any:
+    """``call(client, name)`` on the tenant's collection if it exists, else ``default``. The
+    existence is cached; when the call fails the cache is dropped and, if the collection
+    turns out to be gone (dropped by another process), the answer is ``default`` as if it
+    had been asked."""
+    name = collection_name(tenant_key=tenant_key)
     client = _client()
     if not _collection_known(client, name):
         return default
@@ -354,41 +384,49 @@ def _on_collection(default: Any, call: Any) -> Any:
             return call(client, name)
     except VectorStoreError:
         _forget(name)
-        if not collection_exists():
-            return default
+        with _milvus_errors():
+            if not client.has_collection(name):
+                return default
         raise
 
 
 def collection_drop() -> None:
-    """Drop the whole collection, every tenant's vectors with it (evaluation collections)."""
-    name = settings.MILVUS_COLLECTION
-    try:
-        with vector_write_lock(), _milvus_errors():
-            _client().drop_collection(name)
-    finally:
-        _forget(name)
+    """Drop MILVUS_COLLECTION and, on Lite, every tenant collection under it: every tenant's
+    vectors (evaluation collections)."""
+    client = _client()
+    with vector_write_lock(), _milvus_errors():
+        names = _collection_names(client)
+        for name in names:
+            try:
+                client.drop_collection(name)
+            finally:
+                _forget(name)
 
 
 def collection_flush() -> None:
-    """Seal what Milvus holds in its write buffer. Milvus Lite rebuilds the buffer's BM25
-    index on every search, so search time grows with unflushed rows; sealed segments keep
-    theirs (but score BM25 with per-segment statistics)."""
-    name = settings.MILVUS_COLLECTION
+    """Seal whatever any collection under MILVUS_COLLECTION holds unsealed (see
+    ``vectors_commit``, which does it for one tenant after each document)."""
+    client = _client()
     with vector_write_lock(), _milvus_errors():
-        _client().flush(name)
+        for name in _collection_names(client):
+            client.flush(name)
 
 
-def _partition_ensure(client, name: str, tenant_key: str) -> str | None:
+def vectors_commit(*, tenant_key: str) -> None:
+    """Seal the tenant's newly written rows (Lite only; a no-op on a server, which seals and
+    indexes on its own and where frequent flushes are discouraged). Milvus Lite re-reads
+    unsealed rows, and rebuilds their BM25 index, on every search: 2,000 of them cost
+    64 ms per dense and 172 ms per BM25 search, against 3.7 ms each once sealed; a flush
+    after a document costs ~8 ms. Called once a document's vectors are all written,
+    before the document becomes searchable."""
     if not is_lite():
-        return None
-    partition = partition_name(tenant_key)
-    if (name, partition) not in _ready:
-        with _milvus_errors():
-            if not client.has_partition(name, partition):
-                client.create_partition(name, partition)
-                client.load_collection(name)  # Lite loads whole collections only
-        _ready.add((name, partition))
-    return partition
+        return
+
+    def flush(client, name: str) -> None:
+        with vector_write_lock():
+            client.flush(name)
+
+    _on_collection(None, flush, tenant_key=tenant_key)
 
 
 def _content_fit(text: str) -> str:
@@ -407,7 +445,7 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
     """Upsert rows (deterministic ids make a retry a no-op)."""
     if not rows:
         return 0
-    name = collection_ensure(dimension=dimension)
+    name = collection_ensure(dimension=dimension, tenant_key=tenant_key)
     client = _client()
     data = [
         {
@@ -422,13 +460,10 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
         for r in rows
     ]
     try:
-        with vector_write_lock():
-            partition = _partition_ensure(client, name, tenant_key)
-            with _milvus_errors():
-                kwargs = {"partition_name": partition} if partition else {}
-                client.upsert(name, data, **kwargs)
+        with vector_write_lock(), _milvus_errors():
+            client.upsert(name, data)
     except VectorStoreError:
-        _forget(name)  # the collection or partition may be gone: ensure them again next time
+        _forget(name)  # the collection may be gone: ensure it again next time
         raise
     return len(data)
 
@@ -534,13 +569,11 @@ class VectorWriter:
                 self.seconds += time.perf_counter() - started
 
 
-def _document_vector_ids(client, name: str, tenant_key: str, document_id: str, partition: str | None) -> list[str]:
-    kwargs = {"partition_names": [partition]} if partition else {}
+def _document_vector_ids(client, name: str, tenant_key: str, document_id: str) -> list[str]:
     rows = client.query(
         name,
         filter=_tenant_filter(tenant_key, f"document_id == {json.dumps(document_id)}"),
         output_fields=["id"],
-        **kwargs,
     )
     return [str(r["id"]) for r in rows]
 
@@ -549,35 +582,28 @@ def vectors_delete(*, tenant_key: str, document_id: str, keep_ids: list[str] | N
     """Delete a document's vectors in this tenant (optionally all but ``keep_ids``), whatever
     their ids: looks them up with a query, then deletes by primary key.
 
-    The query scans the tenant's whole partition (~0.2 s at a few thousand rows, growing
-    with the tenant's knowledge base; a *filter* delete would scan every tenant's rows):
+    The query scans the tenant's whole collection (Lite; growing with the tenant's
+    knowledge base):
     when the ids are known, ``vectors_delete_ids`` costs a millisecond or two. This is for
     callers that cannot know them (old task messages, test clean-up)."""
     keep = set(keep_ids or [])
 
     def delete(client, name: str) -> None:
-        with vector_write_lock():
-            partition = _partition_ensure(client, name, tenant_key)
-            with _milvus_errors():
-                doomed = [
-                    i for i in _document_vector_ids(client, name, tenant_key, document_id, partition) if i not in keep
-                ]
-                kwargs = {"partition_name": partition} if partition else {}
-                for start in range(0, len(doomed), 1000):
-                    client.delete(name, ids=doomed[start : start + 1000], **kwargs)
+        with vector_write_lock(), _milvus_errors():
+            doomed = [i for i in _document_vector_ids(client, name, tenant_key, document_id) if i not in keep]
+            for start in range(0, len(doomed), 1000):
+                client.delete(name, ids=doomed[start : start + 1000])
 
-    _on_collection(None, delete)
+    _on_collection(None, delete, tenant_key=tenant_key)
 
 
 def vectors_count(*, tenant_key: str, document_id: str | None = None) -> int:
     def count(client, name: str) -> int:
         extra = f"document_id == {json.dumps(document_id)}" if document_id else ""
-        partition = _partition_ensure(client, name, tenant_key)
-        kwargs = {"partition_names": [partition]} if partition else {}
-        rows = client.query(name, filter=_tenant_filter(tenant_key, extra), output_fields=["count(*)"], **kwargs)
+        rows = client.query(name, filter=_tenant_filter(tenant_key, extra), output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
-    return _on_collection(0, count)
+    return _on_collection(0, count, tenant_key=tenant_key)
 
 
 def vectors_ids_by_document(*, tenant_key: str) -> dict[str, set[str]]:
@@ -585,10 +611,8 @@ def vectors_ids_by_document(*, tenant_key: str) -> dict[str, set[str]]:
 
     def ids(client, name: str) -> dict[str, set[str]]:
         result: dict[str, set[str]] = {}
-        partition = _partition_ensure(client, name, tenant_key)
-        kwargs = {"partition_names": [partition]} if partition else {}
         iterator = client.query_iterator(
-            name, batch_size=1000, filter=_tenant_filter(tenant_key), output_fields=["id", "document_id"], **kwargs
+            name, batch_size=1000, filter=_tenant_filter(tenant_key), output_fields=["id", "document_id"]
         )
         try:
             while True:
@@ -601,7 +625,7 @@ def vectors_ids_by_document(*, tenant_key: str) -> dict[str, set[str]]:
             iterator.close()
         return result
 
-    return _on_collection({}, ids)
+    return _on_collection({}, ids, tenant_key=tenant_key)
 
 
 def vectors_delete_ids(*, tenant_key: str, ids: list[str]) -> None:
@@ -612,31 +636,28 @@ def vectors_delete_ids(*, tenant_key: str, ids: list[str]) -> None:
         return
 
     def delete(client, name: str) -> None:
-        with vector_write_lock():
-            partition = _partition_ensure(client, name, tenant_key)
-            with _milvus_errors():
-                kwargs = {"partition_name": partition} if partition else {}
-                for start in range(0, len(ids), 1000):
-                    client.delete(name, ids=ids[start : start + 1000], **kwargs)
+        with vector_write_lock(), _milvus_errors():
+            for start in range(0, len(ids), 1000):
+                client.delete(name, ids=ids[start : start + 1000])
 
-    _on_collection(None, delete)
+    _on_collection(None, delete, tenant_key=tenant_key)
 
 
 def vectors_tenant_drop(*, tenant_key: str) -> None:
-    """Remove every vector of a tenant: its partition on Lite, its rows on a server
+    """Remove every vector of a tenant: its collection on Lite, its rows on a server
     (partition key). For a tenant that is being destroyed, never for a live one."""
 
     def drop(client, name: str) -> None:
         with vector_write_lock():
             if is_lite():
-                partition = partition_name(tenant_key)
-                _ready.discard((name, partition))
-                if client.has_partition(name, partition):
-                    client.drop_partition(name, partition)
+                try:
+                    client.drop_collection(name)
+                finally:
+                    _forget(name)
             else:
                 client.delete(name, filter=_tenant_filter(tenant_key))
 
-    _on_collection(None, drop)
+    _on_collection(None, drop, tenant_key=tenant_key)
 
 
 def text_normalize(text: str) -> str:
@@ -687,20 +708,17 @@ def _search(
     extra = f"document_id in {json.dumps(document_ids)}" if document_ids else ""
 
     def search(client, name: str) -> list:
-        partition = _partition_ensure(client, name, tenant_key)
-        kwargs = {"partition_names": [partition]} if partition else {}
         return client.search(
             name,
             data=data,
             anns_field=anns_field,
             limit=limit,
-            filter=_tenant_filter(tenant_key, extra),  # always, partition or not
+            filter=_tenant_filter(tenant_key, extra),  # always, even in the tenant's own collection
             output_fields=["document_id"],
             search_params=params,
-            **kwargs,
         )
 
-    result = _on_collection([], search)  # no collection yet: nothing indexed, no hits
+    result = _on_collection([], search, tenant_key=tenant_key)  # no collection yet: nothing indexed, no hits
     hits = result[0] if result else []
     return [
         VectorHit(id=str(h["id"]), document_id=h["entity"]["document_id"], score=float(h["distance"])) for h in hits

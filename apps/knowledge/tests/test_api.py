@@ -415,10 +415,8 @@ class TestIsolation:
         with schema_context("acme"):
             assert Document.objects.count() == 1
 
-    def test_acme_vectors_carry_acme_key_and_live_in_acme_partition(self, acme_document, milvus):
-        from django.conf import settings
-
-        from apps.knowledge.vectorstore import _client, partition_name
+    def test_acme_vectors_carry_acme_key_and_live_in_acme_collection(self, acme_document, milvus):
+        from apps.knowledge.vectorstore import _client, collection_name
 
         acme_key, globex_key = tenant_key_of("acme"), tenant_key_of("globex")
         document_id = str(acme_document.pk)
@@ -426,23 +424,10 @@ class TestIsolation:
         assert vectors_of(document_id, "acme") == chunks > 0
         assert vectors_of(document_id, "globex") == 0
 
-        client, name = _client(), settings.MILVUS_COLLECTION
-        rows = client.query(name, filter=f'document_id == "{document_id}"', output_fields=["tenant_id"])
+        client = _client()
+        acme, globex = collection_name(tenant_key=acme_key), collection_name(tenant_key=globex_key)
+        assert acme != globex  # Lite: one collection per tenant
+        rows = client.query(acme, filter=f'document_id == "{document_id}"', output_fields=["tenant_id"])
         assert len(rows) == chunks and {r["tenant_id"] for r in rows} == {acme_key}
-        in_acme = client.query(
-            name,
-            filter=f'document_id == "{document_id}"',
-            output_fields=["id"],
-            partition_names=[partition_name(acme_key)],
-        )
-        assert len(in_acme) == chunks
-        if client.has_partition(name, partition_name(globex_key)):
-            assert (
-                client.query(
-                    name,
-                    filter=f'document_id == "{document_id}"',
-                    output_fields=["id"],
-                    partition_names=[partition_name(globex_key)],
-                )
-                == []
-            )
+        if client.has_collection(globex):
+            assert client.query(globex, filter=f'document_id == "{document_id}"', output_fields=["id"]) == []

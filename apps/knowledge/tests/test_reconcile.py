@@ -12,7 +12,6 @@ import uuid
 from io import StringIO
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 
 from apps.knowledge import services
@@ -20,6 +19,7 @@ from apps.knowledge.tests.conftest import doc, tenant_key_of
 from apps.knowledge.vectorstore import (
     VectorRow,
     _client,
+    collection_name,
     vectors_delete_ids,
     vectors_ids_by_document,
     vectors_upsert,
@@ -107,7 +107,7 @@ def test_reconcile_restores_missing_and_removes_stray_vectors(drift):
     assert ids_of(key, drift["intact"].pk) == drift["intact_ids"]
 
     rows = _client().query(
-        settings.MILVUS_COLLECTION,
+        collection_name(tenant_key=key),
         filter=f"id in {sorted(drift['lost'])!r}".replace("'", '"'),
         output_fields=["id", "tenant_id", "document_id", "chunk_id", "content", "metadata"],
     )

@@ -629,6 +629,32 @@ class TestVectorWrites:
         index = document.processing_logs.get(stage="index").details
         assert (index["stale_deleted"], index["vectors"]) == (0, document.chunks.count())
 
+    def test_the_vectors_are_sealed_in_the_tenants_own_collection_before_the_document_is_searchable(
+        self, in_acme, milvus, upload, monkeypatch
+    ):
+        from pymilvus import MilvusClient
+
+        from apps.knowledge.vectorstore import collection_name
+
+        flushes: list[tuple[str, str, int]] = []
+        real_flush = MilvusClient.flush
+
+        def flush(self, collection_name, *args, **kwargs):
+            status = Document.objects.get(pk=document.pk).status
+            flushes.append((collection_name, status, DocumentChunk.objects.filter(document=document).count()))
+            return real_flush(self, collection_name, *args, **kwargs)
+
+        monkeypatch.setattr(MilvusClient, "flush", flush)
+        document = upload(doc("md/wiki.md")).document
+
+        document = services.document_process(document_id=document.pk)
+
+        assert document.status == "indexed"
+        # Once, on acme's collection, after every vector and before the swap-in (still
+        # processing, no chunk rows yet: no search can map a hit to it).
+        assert flushes == [(collection_name(tenant_key=services.tenant_key()), "processing", 0)]
+        assert vectors_of(document) == document.chunks.count() > 0
+
     def test_a_rerun_with_fewer_chunks_deletes_exactly_the_surplus_by_id(
         self, indexed, process, settings, milvus_calls
     ):
@@ -793,6 +819,17 @@ class TestVectorWrites:
                 written.append(time.monotonic())
 
         monkeypatch.setattr(services._Progress, "set", recording_set)
+        # Each batch takes at least 20 ms, so processing outlasts the interval whatever the
+        # machine (the figures below are about the throttle, not about this CPU).
+        from apps.knowledge.pipeline.embed import LocalEmbedder
+
+        real_embed = LocalEmbedder.embed
+
+        def slow_embed(self, texts):
+            time.sleep(0.02)
+            return real_embed(self, texts)
+
+        monkeypatch.setattr(LocalEmbedder, "embed", slow_embed)
         document = upload(many_chunks_markdown(30), "handbook.md").document
 
         started = time.monotonic()

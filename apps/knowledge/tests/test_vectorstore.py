@@ -1,0 +1,127 @@
+"""The Milvus layout on Lite: one collection per tenant, under MILVUS_COLLECTION."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pytest
+
+from apps.knowledge import vectorstore
+from apps.knowledge.vectorstore import (
+    VectorRow,
+    collection_drop,
+    collection_exists,
+    collection_flush,
+    collection_name,
+    vectors_commit,
+    vectors_count,
+    vectors_search_bm25,
+    vectors_search_dense,
+    vectors_tenant_drop,
+    vectors_upsert,
+)
+
+DIMENSION = 8
+
+
+@pytest.fixture
+def own_collection(settings, milvus_up):
+    """A collection name of this test's own on the session's Lite server, dropped after."""
+    settings.MILVUS_COLLECTION = f"test_vs_{secrets.token_hex(4)}"
+    yield settings.MILVUS_COLLECTION
+    collection_drop()
+
+
+def rows(document_id: str, texts: list[str]) -> list[VectorRow]:
+    return [
+        VectorRow(
+            id=str(uuid.uuid4()),
+            document_id=document_id,
+            chunk_id=str(uuid.uuid4()),
+            vector=[1.0] + [0.0] * (DIMENSION - 1),
+            content=text,
+            metadata={"n": n},
+        )
+        for n, text in enumerate(texts)
+    ]
+
+
+def names() -> set[str]:
+    return set(vectorstore._client().list_collections())
+
+
+def test_each_tenant_gets_a_collection_of_its_own_and_sees_only_its_rows(own_collection):
+    acme, globex = str(uuid.uuid4()), str(uuid.uuid4())
+    same = ["Reset the X200 router: hold the button for ten seconds."]
+    vectors_upsert(tenant_key=acme, rows=rows("a" * 36, same), dimension=DIMENSION)
+    vectors_upsert(tenant_key=globex, rows=rows("g" * 36, same), dimension=DIMENSION)
+    vectors_commit(tenant_key=acme)
+    vectors_commit(tenant_key=globex)
+
+    assert collection_name(tenant_key=acme) == f"{own_collection}__t_{acme.replace('-', '')}"
+    assert {collection_name(tenant_key=acme), collection_name(tenant_key=globex)} <= names()
+    assert own_collection not in names()  # nothing is written to the base name on Lite
+    for key, mine in ((acme, "a" * 36), (globex, "g" * 36)):
+        dense = vectors_search_dense(tenant_key=key, vector=[1.0] + [0.0] * (DIMENSION - 1), limit=10)
+        bm25 = vectors_search_bm25(tenant_key=key, text="X200 router", limit=10)
+        assert [h.document_id for h in dense] == [mine] == [h.document_id for h in bm25]
+        assert vectors_count(tenant_key=key) == 1
+
+
+def test_a_tenant_without_vectors_has_no_collection_and_finds_nothing(own_collection):
+    nobody = str(uuid.uuid4())
+
+    assert vectors_search_dense(tenant_key=nobody, vector=[1.0] * DIMENSION, limit=5) == []
+    assert vectors_search_bm25(tenant_key=nobody, text="router", limit=5) == []
+    assert vectors_count(tenant_key=nobody) == 0
+    vectors_commit(tenant_key=nobody)  # nothing to seal: no error, no collection made
+    assert collection_name(tenant_key=nobody) not in names()
+
+
+def test_dropping_a_tenant_removes_its_collection_only(own_collection):
+    acme, globex = str(uuid.uuid4()), str(uuid.uuid4())
+    vectors_upsert(tenant_key=acme, rows=rows("a" * 36, ["one", "two"]), dimension=DIMENSION)
+    vectors_upsert(tenant_key=globex, rows=rows("g" * 36, ["three"]), dimension=DIMENSION)
+
+    vectors_tenant_drop(tenant_key=acme)
+
+    assert collection_name(tenant_key=acme) not in names()
+    assert vectors_count(tenant_key=acme) == 0
+    assert vectors_count(tenant_key=globex) == 1
+    # Writing again after the drop makes the collection again (the cache forgot it).
+    vectors_upsert(tenant_key=acme, rows=rows("a" * 36, ["four"]), dimension=DIMENSION)
+    assert vectors_count(tenant_key=acme) == 1
+
+
+def test_collection_drop_and_flush_cover_every_tenant_collection(own_collection, settings):
+    keys = [str(uuid.uuid4()) for _ in range(3)]
+    assert not collection_exists()
+    for key in keys:
+        vectors_upsert(tenant_key=key, rows=rows(key, ["text"]), dimension=DIMENSION)
+    other = f"{own_collection}x"  # a neighbour whose name merely starts the same way
+    settings.MILVUS_COLLECTION = other
+    vectors_upsert(tenant_key=keys[0], rows=rows(keys[0], ["text"]), dimension=DIMENSION)
+    settings.MILVUS_COLLECTION = own_collection
+
+    assert collection_exists()
+    collection_flush()
+    assert all(vectors_count(tenant_key=key) == 1 for key in keys)
+    collection_drop()
+
+    assert not collection_exists()
+    assert not {collection_name(tenant_key=key) for key in keys} & names()
+    settings.MILVUS_COLLECTION = other
+    assert vectors_count(tenant_key=keys[0]) == 1  # untouched
+    collection_drop()
+
+
+def test_a_tenant_key_that_cannot_name_a_collection_is_refused(own_collection):
+    with pytest.raises(ValueError, match="cannot name a collection"):
+        collection_name(tenant_key="--")
+
+
+def test_a_server_keeps_one_collection_for_every_tenant(settings):
+    settings.MILVUS_MODE, settings.MILVUS_COLLECTION = "server", "document_vectors"
+
+    assert collection_name(tenant_key=str(uuid.uuid4())) == "document_vectors"
