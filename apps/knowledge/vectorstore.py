@@ -9,7 +9,8 @@ Facts measured for this design (see the ingestion issue):
 * On a Milvus server: ONE collection, the partition key on tenant_id, HNSW. Searches always
   filter on tenant_id as well.
 * On Milvus Lite: ONE COLLECTION PER TENANT (``<MILVUS_COLLECTION>__t_<tenant key>``), FLAT,
-  still filtered on tenant_id, and sealed after every document (``vectors_commit``).
+  still filtered on tenant_id, and sealed at the end of a document once
+  MILVUS_LITE_SEAL_ROWS rows await sealing (``vectors_commit``).
   The seed (and the ingestion issue) asked for a partition per tenant in one collection;
   Milvus Lite 3.x, the version we ship, is a pure-Python engine, and measuring it showed
   why that layout does not hold up (bench/README.md, "Milvus Lite layout"):
@@ -19,9 +20,13 @@ Facts measured for this design (see the ingestion issue):
     whatever the number of tenants now;
   - unsealed rows (the memtable, up to 128 MB per collection) are re-read and, for BM25,
     re-indexed on every search: 2,000 unsealed chunks cost 64 ms (dense) and 172 ms (BM25)
-    per search, 3.7 ms each once sealed. So each document's vectors are sealed as soon as
-    they are written (a flush, ~8 ms), and Lite's own size-tiered compaction merges the
-    small segments (4 of a size at a time);
+    per search, 3.7 ms each once sealed. So a collection is sealed (a flush, ~8 ms) as soon
+    as a few dozen rows wait, and Lite's own size-tiered compaction merges the small
+    segments (4 of a size at a time);
+  - but Lite scores BM25 with each segment's own statistics (its TODO; a server aggregates
+    them): sealing after every document left one-passage segments whose IDF comes from a
+    single passage, and cost up to 5 points of BM25 recall@1 on the evaluation sets. A
+    segment of MILVUS_LITE_SEAL_ROWS (64) rows or more has representative statistics;
   - a flush seals the whole collection: with one collection it would have cut every
     tenant's unsealed rows into a segment at each document of any tenant.
   IVF_PQ/DISKANN/SCANN are never used on Lite (accepted, then the collection cannot be
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import queue
 import threading
@@ -399,6 +405,7 @@ def collection_drop() -> None:
         for name in names:
             try:
                 client.drop_collection(name)
+                _redis().delete(_unsealed_key(name))
             finally:
                 _forget(name)
 
@@ -410,23 +417,44 @@ def collection_flush() -> None:
     with vector_write_lock(), _milvus_errors():
         for name in _collection_names(client):
             client.flush(name)
+            _redis().delete(_unsealed_key(name))
 
 
-def vectors_commit(*, tenant_key: str) -> None:
-    """Seal the tenant's newly written rows (Lite only; a no-op on a server, which seals and
-    indexes on its own and where frequent flushes are discouraged). Milvus Lite re-reads
-    unsealed rows, and rebuilds their BM25 index, on every search: 2,000 of them cost
-    64 ms per dense and 172 ms per BM25 search, against 3.7 ms each once sealed; a flush
-    after a document costs ~8 ms. Called once a document's vectors are all written,
-    before the document becomes searchable."""
+def _unsealed_key(name: str) -> str:
+    uri = hashlib.sha256(settings.MILVUS_URI.encode()).hexdigest()[:12]
+    return f"zhida:milvus:unsealed:{uri}:{name}"
+
+
+def _redis():
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+def vectors_commit(*, tenant_key: str) -> bool:
+    """At the end of a document: seal the tenant's collection if MILVUS_LITE_SEAL_ROWS rows or
+    more were written since it was last sealed (Lite only; a server seals and indexes on its
+    own, and frequent flushes are discouraged there). Returns whether it sealed.
+
+    Milvus Lite re-reads unsealed rows, and rebuilds their BM25 index, on every search:
+    2,000 of them cost 64 ms per dense and 172 ms per BM25 search, against 3.7 ms each
+    once sealed; a flush costs ~8 ms. Sealing every document instead would leave segments
+    too small for their own BM25 statistics (module docstring). The count of rows waiting
+    is kept in Redis per collection, changed only under the write lock."""
     if not is_lite():
-        return
+        return False
 
-    def flush(client, name: str) -> None:
+    def flush(client, name: str) -> bool:
         with vector_write_lock():
+            key = _unsealed_key(name)
+            waiting = int(_redis().get(key) or 0)
+            if waiting < max(1, settings.MILVUS_LITE_SEAL_ROWS):
+                return False
             client.flush(name)
+            _redis().decrby(key, waiting)
+            return True
 
-    _on_collection(None, flush, tenant_key=tenant_key)
+    return bool(_on_collection(False, flush, tenant_key=tenant_key))
 
 
 def _content_fit(text: str) -> str:
@@ -462,6 +490,8 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
     try:
         with vector_write_lock(), _milvus_errors():
             client.upsert(name, data)
+            if is_lite():
+                _redis().incrby(_unsealed_key(name), len(data))
     except VectorStoreError:
         _forget(name)  # the collection may be gone: ensure it again next time
         raise
@@ -652,6 +682,7 @@ def vectors_tenant_drop(*, tenant_key: str) -> None:
             if is_lite():
                 try:
                     client.drop_collection(name)
+                    _redis().delete(_unsealed_key(name))
                 finally:
                     _forget(name)
             else:

@@ -125,3 +125,31 @@ def test_a_server_keeps_one_collection_for_every_tenant(settings):
     settings.MILVUS_MODE, settings.MILVUS_COLLECTION = "server", "document_vectors"
 
     assert collection_name(tenant_key=str(uuid.uuid4())) == "document_vectors"
+
+
+def test_a_collection_is_sealed_once_enough_rows_wait(own_collection, settings, monkeypatch):
+    from pymilvus import MilvusClient
+
+    settings.MILVUS_LITE_SEAL_ROWS = 3
+    flushed: list[str] = []
+    real_flush = MilvusClient.flush
+
+    def flush(self, collection_name, *args, **kwargs):
+        flushed.append(collection_name)
+        return real_flush(self, collection_name, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusClient, "flush", flush)
+    acme, globex = str(uuid.uuid4()), str(uuid.uuid4())
+
+    vectors_upsert(tenant_key=acme, rows=rows("a" * 36, ["one", "two"]), dimension=DIMENSION)
+    vectors_upsert(tenant_key=globex, rows=rows("g" * 36, ["one", "two"]), dimension=DIMENSION)
+    assert vectors_commit(tenant_key=acme) is False and flushed == []  # 2 waiting: searched unsealed
+    vectors_upsert(tenant_key=acme, rows=rows("b" * 36, ["three"]), dimension=DIMENSION)
+    assert vectors_commit(tenant_key=acme) is True
+    assert flushed == [collection_name(tenant_key=acme)]  # globex's 2 rows are not acme's count
+    vectors_upsert(tenant_key=acme, rows=rows("c" * 36, ["four"]), dimension=DIMENSION)
+    assert vectors_commit(tenant_key=acme) is False  # the count started again
+    assert vectors_commit(tenant_key=globex) is False
+
+    assert vectors_count(tenant_key=acme) == 4 and vectors_count(tenant_key=globex) == 2
+    assert [h.document_id for h in vectors_search_bm25(tenant_key=acme, text="four", limit=5)] == ["c" * 36]
