@@ -20,4 +20,5 @@ RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput \
 USER zhida
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+# WEB_CONCURRENCY daphne processes on one port (default: the CPUs, at most 8): config/web.py
+CMD ["python", "-m", "config.web", "--bind", "0.0.0.0", "--port", "8000"]

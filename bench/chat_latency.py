@@ -351,9 +351,10 @@ def daphne(workdir: Path, host: str, env_extra: dict[str, str], args) -> Iterato
     if args.no_sentence_cache:
         env["CHAT_SENTENCE_CACHE_PASSAGES"] = "0"
     with log.open("wb") as out:
+        # As scripts/run.sh and the Dockerfile run it: config.web, N daphne processes on one port.
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
-            + ["config.asgi:application"],
+            [sys.executable, "-m", "config.web", "--bind", "127.0.0.1", "--port", str(port)]
+            + ["--processes", str(args.web_processes), "--", "-v", "0"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -548,6 +549,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="CHAT_SENTENCE_CACHE_PASSAGES=0 for daphne: every extractive answer embeds its passages' sentences",
     )
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=None,
+        help="daphne processes behind the port (config.web; default: as in production, WEB_CONCURRENCY or CPUs)",
+    )
     parser.add_argument("--skip-openai", action="store_true")
     parser.add_argument("--skip-extractive", action="store_true")
     parser.add_argument("--cleanup", action="store_true", help="only remove leftovers of a killed run")
@@ -562,6 +569,10 @@ def rounds_for(concurrency: int, args) -> int:
 
 def main() -> int:
     args = parse_args()
+    if args.web_processes is None:
+        from config.web import default_processes
+
+        args.web_processes = default_processes()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     os.environ.setdefault("DJANGO_DEBUG", "False")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -607,7 +618,7 @@ def main() -> int:
         print(
             f"tenant {schema} ({host}): {count} documents ingested in {time.perf_counter() - started:.1f} s; "
             f"Milvus Lite {milvus.url}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-            f"ASGI_THREADS={args.asgi_threads or 'unset'}; "
+            f"{args.web_processes} daphne process(es); ASGI_THREADS={args.asgi_threads or 'unset'}; "
             f"sentence cache {'off' if args.no_sentence_cache else 'on'}"
         )
 

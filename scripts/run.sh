@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole product locally: venv + pinned deps, PostgreSQL/Redis (started if down), a Milvus
 # Lite server, migrations of every schema, the demo tenant, a Celery worker + beat, and the
-# ASGI web server (daphne) in the foreground. Ctrl-C stops everything it started.
+# ASGI web server (config/web.py: WEB_CONCURRENCY daphne processes) in the foreground. Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings.local}
@@ -40,6 +40,6 @@ pids+=($!)
 pids+=($!)
 echo "Worker and beat logs: var/log/worker.log, var/log/beat.log"
 echo "Web server on http://localhost:$PORT/ (Ctrl-C to stop)"
-.venv/bin/daphne -b 127.0.0.1 -p "$PORT" config.asgi:application &
+.venv/bin/python -m config.web --bind 127.0.0.1 --port "$PORT" &  # WEB_CONCURRENCY daphne processes
 pids+=($!)
 wait -n "${pids[@]}"
