@@ -569,7 +569,7 @@ def document_process(*, document_id: Any) -> Document | None:
                 # settings changed in between: the bytes of a document never do).
                 stale = document_vector_ids(document.pk, earlier_chunks)[len(chunks) :]
                 vectors_delete_ids(tenant_key=key, ids=stale)
-                vectors_commit(tenant_key=key)  # Lite: sealed once enough rows wait (see there)
+                vectors_commit(tenant_key=key)  # Lite: sealed before it is searchable (see there)
                 replaced = _document_swap_in(document=document, chunks=chunks)
                 details.update(
                     vectors=writer.rows_written,

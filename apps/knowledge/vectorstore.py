@@ -20,13 +20,17 @@ Facts measured for this design (see the ingestion issue):
     whatever the number of tenants now;
   - unsealed rows (the memtable, up to 128 MB per collection) are re-read and, for BM25,
     re-indexed on every search: 2,000 unsealed chunks cost 64 ms (dense) and 172 ms (BM25)
-    per search, 3.7 ms each once sealed. So a collection is sealed (a flush, ~8 ms) as soon
-    as a few dozen rows wait, and Lite's own size-tiered compaction merges the small
-    segments (4 of a size at a time);
-  - but Lite scores BM25 with each segment's own statistics (its TODO; a server aggregates
-    them): sealing after every document left one-passage segments whose IDF comes from a
-    single passage, and cost up to 5 points of BM25 recall@1 on the evaluation sets. A
-    segment of MILVUS_LITE_SEAL_ROWS (64) rows or more has representative statistics;
+    per search, 3.7 ms each once sealed. So a collection is sealed (a flush, ~8 ms) at the
+    end of every document, and Lite's own size-tiered compaction merges the small segments
+    (every file under 1 MB once four of them exist);
+  - Lite scores BM25 with each segment's own statistics (its TODO; a server aggregates
+    them). Sealed this way, segments are runs of documents in upload order, merged to about
+    1 MB; on the evaluation sets BM25 lost 0.4-1.6 points of recall@1 without distractors
+    and 1-5 with them (bench/README.md). Waiting for 64 rows before sealing did worse: the
+    unsealed rows form a small pool of the latest, similar documents whose own statistics
+    mislead (stackfaq with distractors: BM25 recall@1 0.40 against 0.64 sealing every
+    document). MILVUS_LITE_SEAL_ROWS keeps the knob; exact BM25 on Lite would need the
+    statistics computed outside Milvus (sparse vectors of our own), left for later;
   - a flush seals the whole collection: with one collection it would have cut every
     tenant's unsealed rows into a segment at each document of any tenant.
   IVF_PQ/DISKANN/SCANN are never used on Lite (accepted, then the collection cannot be

@@ -632,7 +632,7 @@ class TestVectorWrites:
     def test_the_vectors_are_sealed_in_the_tenants_own_collection_before_the_document_is_searchable(
         self, in_acme, milvus, upload, monkeypatch, settings
     ):
-        settings.MILVUS_LITE_SEAL_ROWS = 1  # seal after every document (the default waits for 64 rows)
+        settings.MILVUS_LITE_SEAL_ROWS = 1  # the default: every document
         from pymilvus import MilvusClient
 
         from apps.knowledge.vectorstore import collection_name
