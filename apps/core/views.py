@@ -20,6 +20,13 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     return page_not_found(request, exception)
 
 
+def api_not_found(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """The last URL pattern under /api/: an unknown API path is JSON whatever DEBUG says
+    (with DEBUG on, Django answers an unmatched URL with its HTML technical page and never
+    calls handler404)."""
+    return error_response("not_found", "Not found.", 404)
+
+
 def handler500(request: HttpRequest) -> HttpResponse:
     if is_api_request(request):
         return error_response("internal_error", "An unexpected error occurred.", 500)

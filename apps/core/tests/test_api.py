@@ -49,6 +49,15 @@ def test_unknown_api_path_on_the_platform_domain_is_json_404(db):
     assert_error(Client(HTTP_HOST="localhost").get("/api/v1/nope"), 404, "not_found")
 
 
+@pytest.mark.parametrize("host", ["acme.localhost", "localhost"])
+def test_unknown_api_path_is_json_404_with_debug_on(acme, host, settings):
+    settings.DEBUG = True  # Django's technical 404 page would answer an unmatched URL
+
+    response = Client(HTTP_HOST=host).get("/api/v1/nope/deeper")
+
+    assert_error(response, 404, "not_found")
+
+
 def test_wrong_method_is_405(acme, seed_user, api_for):
     response = api_for(acme, seed_user(acme, "agent")).delete("/api/v1/me")
 
