@@ -35,14 +35,31 @@ def check_redis() -> None:
     get_redis_connection("default").ping()
 
 
-def check_milvus() -> None:
+def _milvus_list(timeout: float) -> None:
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri=settings.MILVUS_URI, token=settings.MILVUS_TOKEN, timeout=settings.HEALTHCHECK_TIMEOUT)
+    client = MilvusClient(uri=settings.MILVUS_URI, token=settings.MILVUS_TOKEN, timeout=timeout)
     try:
-        client.list_collections(timeout=settings.HEALTHCHECK_TIMEOUT)
+        client.list_collections(timeout=timeout)
     finally:
         client.close()
+
+
+def check_milvus() -> None:
+    """A new client per check (a cached one could hide a server that went away), asked once
+    more within the same budget if the first attempt fails: pymilvus shares one gRPC channel
+    per address, Milvus Lite drops it after a quiet minute (``too_many_pings``), and the
+    first client on it afterwards fails once while the channel reconnects (bench/README.md,
+    ingestion, "Seen on the way")."""
+    budget = settings.HEALTHCHECK_TIMEOUT
+    started = time.monotonic()
+    try:
+        _milvus_list(budget)
+    except Exception:
+        remaining = budget - (time.monotonic() - started)
+        if remaining < 0.2:
+            raise
+        _milvus_list(remaining)
 
 
 CHECKS: dict[str, Callable[[], None]] = {
