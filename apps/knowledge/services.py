@@ -39,6 +39,7 @@ EDITABLE_FIELDS = ("title", "category", "tags", "language")
 # Progress bands: extract+chunk 0–40, embed 40–90, index 90–100.
 BANDS = {"extract": (2, 40), "chunk": (40, 42), "embed": (42, 90), "index": (90, 100)}
 PROGRESS_INTERVAL = 0.3  # seconds between progress writes (and pushes) of one document
+PUSH_TIMEOUT = 2.0  # seconds a progress push may hold up processing (Redis slow or down)
 
 
 class FileTooLarge(ApplicationError):
@@ -364,15 +365,12 @@ def document_reprocess(*, document: Document, actor: Any) -> Document:
 # Processing
 # --------------------------------------------------------------------------------------
 def _progress_push(document: Document) -> None:
-    """Tell the tenant's live views (admin list, console) about a document's progress."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
+    """Tell the tenant's live views (admin list, console) about a document's progress.
+    Through the process's long-lived event loop (``apps.core.group_send``): a new loop per
+    push, as ``async_to_sync`` makes, also meant a new Redis connection per push."""
+    from apps.core.group_send import group_send
     from apps.core.websocket import tenant_group_name
 
-    layer = get_channel_layer()
-    if layer is None:
-        return
     event = {
         "type": "document.progress",
         "document": {
@@ -384,7 +382,7 @@ def _progress_push(document: Document) -> None:
         },
     }
     try:
-        async_to_sync(layer.group_send)(tenant_group_name(connection.schema_name, "documents"), event)
+        group_send(tenant_group_name(connection.schema_name, "documents"), event, timeout=PUSH_TIMEOUT)
     except Exception:  # noqa: BLE001 - live updates are best effort; polling still works
         logger.warning("Could not push progress for document %s", document.pk, exc_info=True)
 
