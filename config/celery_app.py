@@ -1,8 +1,10 @@
 """Celery, tenant-aware: tenant-schemas-celery stamps the current schema on every task
 sent and switches the worker to it before the task runs."""
 
+import logging
 import os
 
+from celery.signals import worker_process_init
 from tenant_schemas_celery.app import CeleryApp
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
@@ -12,3 +14,37 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 app = CeleryApp("zhida")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect
+def _db_connections_keep(**_kwargs) -> None:
+    """A worker process runs one task after another on one thread: it can keep its database
+    connection (WORKER_DB_CONN_MAX_AGE), health-checked before each task reuses it. Celery's
+    Django fixup closes it after a task only once it is older than that, or broken. The web
+    processes keep Django's CONN_MAX_AGE (0 under ASGI)."""
+    from django.conf import settings
+    from django.db import connections
+
+    for alias in connections:
+        connections[alias].settings_dict.update(CONN_MAX_AGE=settings.WORKER_DB_CONN_MAX_AGE, CONN_HEALTH_CHECKS=True)
+
+
+@worker_process_init.connect
+def _models_warm_up(**_kwargs) -> None:
+    """Each worker process loads the embedding model as it starts (in the background:
+    Celery gives a process 4 s to report itself up), not in its first document. A task
+    arriving meanwhile waits for the same load (``embed.get_embedder`` holds a lock)."""
+    from django.conf import settings
+
+    if settings.MODEL_WARMUP:
+        import threading
+
+        from apps.knowledge.pipeline.embed import get_embedder
+
+        def load() -> None:
+            try:
+                get_embedder()
+            except Exception:  # noqa: BLE001 - an optimisation; the first document reports a broken model
+                logging.getLogger(__name__).warning("Embedding model warm-up failed", exc_info=True)
+
+        threading.Thread(target=load, name="model-warmup", daemon=True).start()

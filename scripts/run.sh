@@ -34,7 +34,7 @@ export MILVUS_URI=${MILVUS_URI:-http://127.0.0.1:$MILVUS_PORT}
 .venv/bin/python manage.py platform_migrate
 .venv/bin/python manage.py demo_bootstrap --port "$PORT"
 
-.venv/bin/celery -A config worker --loglevel=INFO --concurrency=2 >var/log/worker.log 2>&1 &
+.venv/bin/celery -A config worker --loglevel=INFO >var/log/worker.log 2>&1 &
 pids+=($!)
 .venv/bin/celery -A config beat --loglevel=INFO --schedule var/celerybeat-schedule >var/log/beat.log 2>&1 &
 pids+=($!)

@@ -140,9 +140,15 @@ def worker_database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def start_celery_worker(workdir: Path, *, env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """A real ``celery worker`` subprocess (solo pool) on the test database and broker;
-    returns (process, node name) once it answers a ping."""
+def start_celery_worker(
+    workdir: Path,
+    *,
+    env_extra: dict[str, str] | None = None,
+    worker_args: tuple[str, ...] = ("--pool=solo", "--concurrency=1"),
+) -> tuple[subprocess.Popen, str]:
+    """A real ``celery worker`` subprocess (solo pool unless ``worker_args`` says otherwise;
+    ``()``: the settings' pool and concurrency, as ``scripts/run.sh`` runs it) on the test
+    database and broker; returns (process, node name) once it answers a ping."""
     import uuid
 
     from config.celery_app import app
@@ -162,8 +168,7 @@ def start_celery_worker(workdir: Path, *, env_extra: dict[str, str] | None = Non
                 "-A",
                 "config",
                 "worker",
-                "--pool=solo",
-                "--concurrency=1",
+                *worker_args,
                 "-Q",
                 "celery",
                 "-n",

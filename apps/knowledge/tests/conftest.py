@@ -65,7 +65,7 @@ def tenant_key_of(schema: str) -> str:
 # --------------------------------------------------------------------------------------
 # Media and Milvus hygiene
 # --------------------------------------------------------------------------------------
-WORKER_FIXTURES = {"celery_worker", "lone_worker"}
+WORKER_FIXTURES = {"celery_worker", "lone_worker", "prefork_worker"}
 
 
 @pytest.fixture(autouse=True)
