@@ -13,7 +13,14 @@ logger = logging.getLogger(__name__)
 RETRY_BACKOFF_MAX = 300
 
 
-@shared_task(base=TenantTask, bind=True, name="knowledge.document_process", acks_late=True, max_retries=6)
+@shared_task(
+    base=TenantTask,
+    bind=True,
+    name="knowledge.document_process",
+    acks_late=True,
+    max_retries=6,
+    ignore_result=True,  # the document's row is the result; nothing reads a stored one
+)
 def document_process_task(self, document_id: str) -> dict | None:
     from apps.knowledge import services
     from apps.knowledge.models import Document
