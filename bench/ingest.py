@@ -2,24 +2,33 @@
 
 Uploads every valid evaluation document (shared/eval/docs/{pdf,pdf-zh,docx,xlsx,pptx,html,md,csv};
 ``malformed/`` is skipped) and the XQuAD passages (shared/eval/xquad-{en,zh}/corpus.jsonl, by
-default one small .txt document per passage) through the real services, ``document_upload``
-then ``document_process``, in this process and one document after the other. It prints
-documents/s, pages/s, chunks/s and MB/s, the time of each stage (the ``seconds`` of the
-DocumentProcessingLog rows), where the time goes inside the stages (wall and CPU time of
-the calls that matter: the model's forward pass, Milvus RPCs, progress writes...), and the
-failures with their error codes. Then it embeds the same chunk texts again with
-``embed_texts`` alone and prints the ratio of the two throughputs, by wall time and by CPU
-seconds (CPU seconds of this process, Milvus and the PostgreSQL backend, or the worker:
-steadier than wall time when other jobs share the machine). It also reports the peak RSS
-of a fresh process that uploads and processes the 619-page PDF (DA-619p.pdf) on its own.
-A transient error (Milvus unreachable...) is retried at once, as document_process_task
-would retry it, and reported.
+default one small .txt document per passage) through the real services. By default the
+documents are processed as in production: ``document_upload`` queues each one's task on
+commit, and a real ``celery worker`` subprocess started the way ``scripts/run.sh`` starts it
+(prefork, ``CELERY_WORKER_CONCURRENCY`` processes) processes them while the uploads go on; the
+clock runs from the first upload until every document is indexed or failed. ``--in-process``
+instead calls ``document_process`` in this process, one document after the other, and
+breaks down where the time goes (wall and CPU time of the calls that matter: the model's
+forward pass, Milvus RPCs, progress writes...); ``--probe`` gets the same breakdown from
+inside the worker's processes (bench/_worker_probe.py). It prints documents/s, pages/s,
+chunks/s and MB/s, the time of each stage (the ``seconds`` of the DocumentProcessingLog
+rows) and the failures with their error codes. Then it embeds the same chunk texts again with
+``embed_texts`` alone, in one process, and prints the ratio of the two throughputs, by wall
+time and by CPU seconds (CPU seconds of this process, Milvus, the worker's processes and
+PostgreSQL: steadier than wall time when other jobs share the machine). ``--bare-parallel``
+also embeds them in as many processes at once as the worker has. It also reports the peak
+RSS of a fresh process that uploads and processes the 619-page PDF (DA-619p.pdf) on its own.
+In-process, a transient error (Milvus unreachable...) is retried at once, as
+document_process_task would retry it, and reported.
 
     .venv/bin/python bench/ingest.py                      # the figures in bench/README.md
     .venv/bin/python bench/ingest.py --limit 2            # quick: 2 files per folder, 2 passages per corpus
-    .venv/bin/python bench/ingest.py --worker             # processed by a real Celery worker subprocess
-    .venv/bin/python bench/ingest.py --paired             # + each document's chunks embedded again right after it
-    .venv/bin/python bench/ingest.py --profile --no-rss   # + cProfile of the in-process run
+    .venv/bin/python bench/ingest.py --probe --no-rss     # + where the time goes inside the worker
+    .venv/bin/python bench/ingest.py --bare-parallel      # + the model alone in N processes at once
+    .venv/bin/python bench/ingest.py --concurrency 1      # a worker of 1 process (CELERY_WORKER_CONCURRENCY)
+    .venv/bin/python bench/ingest.py --in-process         # in this process, one document after the other
+    .venv/bin/python bench/ingest.py --paired             # in process + each document's chunks embedded again
+    .venv/bin/python bench/ingest.py --profile --no-rss   # in process + cProfile
     .venv/bin/python bench/ingest.py --corpus             # the documents only, no XQuAD
     .venv/bin/python bench/ingest.py --xquad-as article   # one Markdown document per XQuAD article instead
     .venv/bin/python bench/ingest.py --cleanup            # remove the tenants of a killed run
@@ -27,7 +36,7 @@ would retry it, and reported.
 It never touches the dev stack's data. It starts its own Milvus Lite server on a free port
 in a temporary directory (MILVUS_URI), keeps uploaded files in that directory too
 (MEDIA_ROOT), and works in throw-away tenants ``bench_ingest_<random>`` made with
-``tenant_create``. In ``--worker`` mode, broker and results use their own Redis database
+``tenant_create``. With the worker, broker and results use their own Redis database
 (``--broker-url``), so no other worker can take the tasks. The cache, and with it the
 vector write lock, also uses a Redis database of the bench's own (``--redis-url``): other
 runs writing to their own Milvus would otherwise hold the same lock. At the end the tenants are
@@ -296,6 +305,17 @@ def rss_mb() -> tuple[float, float]:
     return values["VmRSS:"], values["VmHWM:"]
 
 
+def proc_peak_rss_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of a live process, in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, with waited-for children) of a process, from /proc."""
     try:
@@ -303,6 +323,28 @@ def proc_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc: their parent pid)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its live descendants (a prefork Celery worker's
+    processes; PostgreSQL's postmaster and its backends). Children that exited and were
+    waited for are in their parent's own figure (``proc_cpu``)."""
+    return proc_cpu(pid) + sum(tree_cpu(child) for child in proc_children(pid))
 
 
 class GcClock:
@@ -345,12 +387,18 @@ class Phase:
 
 
 @contextmanager
-def measured(pids: dict[str, int]) -> Iterator[Phase]:
-    """``pids``: other processes to count besides this one (Milvus, the worker, PostgreSQL)."""
+def measured(pids: dict[str, int], trees: dict[str, int] | None = None) -> Iterator[Phase]:
+    """``pids``: other processes to count besides this one (Milvus, PostgreSQL's backend);
+    ``trees``: processes counted with all their descendants (the worker's pool processes,
+    the postmaster's backends)."""
 
     def cpu_now() -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {"bench": usage.ru_utime + usage.ru_stime, **{name: proc_cpu(pid) for name, pid in pids.items()}}
+        return {
+            "bench": usage.ru_utime + usage.ru_stime,
+            **{name: proc_cpu(pid) for name, pid in pids.items()},
+            **{name: tree_cpu(pid) for name, pid in (trees or {}).items()},
+        }
 
     phase = Phase()
     before, load, gc_before, started = cpu_now(), os.getloadavg()[0], GC_CLOCK.seconds, time.perf_counter()
@@ -636,6 +684,85 @@ def embed_bare(groups: list[list[str]], pids: dict[str, int]) -> tuple[Phase, Br
     return phase, breakdown
 
 
+@dataclass
+class BareParallel:
+    """--bare-parallel: the same texts embedded by N processes at once (documents dealt
+    round-robin), each with its model loaded before the clock starts: what the model alone
+    does with as many processes as the worker has."""
+
+    streams: int
+    wall: float
+    cpu: float
+    chunks: int
+    load: tuple[float, float]
+
+
+def embed_bare_parallel(groups: list[list[str]], streams: int, workdir: Path) -> BareParallel:
+    parts: list[list[str]] = [[] for _ in range(streams)]
+    for index, group in enumerate(groups):
+        parts[index % streams].extend(group)
+    children = []
+    for number, texts in enumerate(parts):
+        path = workdir / f"bare-{number}.json"
+        path.write_text(json.dumps(texts), encoding="utf-8")
+        children.append(
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--bare-child", str(path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for child in children:  # each has loaded its model
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("a --bare-child did not start")
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    results = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    wall = time.perf_counter() - started
+    return BareParallel(
+        streams=streams,
+        wall=wall,
+        cpu=sum(r["cpu"] for r in results),
+        chunks=sum(r["chunks"] for r in results),
+        load=(load, os.getloadavg()[0]),
+    )
+
+
+def bare_child(path: Path) -> int:
+    """Child mode of --bare-parallel: load the model, say ready, wait for "go", embed."""
+    from apps.knowledge.pipeline.embed import embed_texts, get_embedder
+
+    texts = json.loads(path.read_text(encoding="utf-8"))
+    get_embedder()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    embed_texts(texts)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = usage.ru_utime + usage.ru_stime - cpu.ru_utime - cpu.ru_stime
+    print(json.dumps({"chunks": len(texts), "cpu": cpu_s}), flush=True)
+    return 0
+
+
+def probe_collect(directory: Path) -> tuple[Breakdown, list[dict]]:
+    """--probe: merge the figures the worker's processes wrote (bench/_worker_probe.py)."""
+    time.sleep(1.5)  # each process writes its last figures 1 s after its last task
+    breakdown = Breakdown()
+    processes = []
+    for path in sorted(directory.glob("probe-*.json")):
+        figures = json.loads(path.read_text())
+        for stage, label, seconds, cpu, calls in figures.pop("entries"):
+            breakdown.seconds[(stage, label)] += seconds
+            breakdown.cpu[(stage, label)] += cpu
+            breakdown.calls[(stage, label)] += calls
+        processes.append(figures)
+    return breakdown, processes
+
+
 # --- peak RSS of one big document, in a fresh process ---------------------------------------------
 
 
@@ -807,6 +934,12 @@ class Run:
     breakdown: Breakdown | None = None  # in-process runs only
     paired: Paired | None = None
     load_s: float | None = None
+    bare_parallel: BareParallel | None = None
+    worker_processes: int = 0
+    worker_pool: str = ""
+    worker_concurrency: int = 0
+    worker_peaks: dict[int, float] = field(default_factory=dict)  # pid -> peak RSS (VmHWM), MB
+    probe_tasks: list[dict] | None = None  # --probe: per worker process, its tasks' figures
 
 
 def report(args: argparse.Namespace, run: Run) -> float:
@@ -819,7 +952,12 @@ def report(args: argparse.Namespace, run: Run) -> float:
     tokens = sum(s["tokens"] for s in processed)
     upload_s = sum(r.upload_s for r in records)
     process_s = sum(r.process_s for r in records)
-    mode = "Celery worker (solo pool), end to end" if args.worker else "in process, one document after the other"
+    mode = (
+        f"Celery worker ({run.worker_pool}: {run.worker_processes} processes, concurrency "
+        f"{run.worker_concurrency}), end to end"
+        if args.worker
+        else "in process, one document after the other"
+    )
     print(f"\n== ingestion: document_upload + document_process, {mode} ==")
     print(
         f"{documents} documents ({sum(1 for r in records if isinstance(r.item.payload, Path))} files, "
@@ -842,9 +980,15 @@ def report(args: argparse.Namespace, run: Run) -> float:
             f"{per_second(chunks, process_s):.2f} chunks/s"
         )
 
+    if run.worker_peaks:
+        peaks = ", ".join(f"{peak:.0f}" for peak in sorted(run.worker_peaks.values(), reverse=True))
+        print(f"  peak RSS of the worker's processes (VmHWM): {peaks} MB")
     stage_s = {stage: sum(s["stages"].get(stage, 0.0) for s in processed) for stage in STAGES}
-    print("\nper stage (sum of DocumentProcessingLog details.seconds):")
-    base = wall_s if args.worker else process_s
+    print(
+        "\nper stage (sum of DocumentProcessingLog details.seconds"
+        + (f"; % of wall x {run.worker_processes} processes):" if args.worker else "):")
+    )
+    base = wall_s * max(1, run.worker_processes) if args.worker else process_s
     for stage in STAGES:
         print(f"  {stage:<8} {stage_s[stage]:8.1f} s  {100 * per_second(stage_s[stage], base):5.1f} %")
     if not args.worker:
@@ -853,6 +997,12 @@ def report(args: argparse.Namespace, run: Run) -> float:
         print(f"  {'upload':<8} {upload_s:8.1f} s  (document_upload, not part of processing)")
     print(f"  {run.processing.describe()}")
 
+    for process in run.probe_tasks or []:
+        print(
+            f"  worker process {process['pid']}: {process['tasks']} tasks, {process['task_seconds']:.1f} s in tasks "
+            f"({process['task_cpu']:.1f} CPU s), {process['span'] - process['task_seconds']:.1f} s between them "
+            f"(first task start to last task end: {process['span']:.1f} s)"
+        )
     if breakdown is not None and breakdown.seconds:
         print("\nwhere the time goes inside the stages (exclusive wall s, this thread's CPU s, calls):")
         print(f"  ('{WRITER}' runs alongside the stages: its seconds overlap theirs)")
@@ -919,6 +1069,17 @@ def report(args: argparse.Namespace, run: Run) -> float:
         f"machine): {per_second(chunks, pipeline_cpu):.2f} / {per_second(run.bare_chunks, bare_cpu):.2f} = "
         f"{per_second(per_second(chunks, pipeline_cpu), per_second(run.bare_chunks, bare_cpu)):.2f}"
     )
+    if run.bare_parallel is not None:
+        parallel = run.bare_parallel
+        parallel_rate = per_second(parallel.chunks, parallel.wall)
+        print(
+            f"\n  the model alone in {parallel.streams} processes at once (--bare-parallel): {parallel.chunks} chunks "
+            f"in {parallel.wall:.1f} s = {parallel_rate:.2f} chunks/s ({parallel.cpu:.1f} CPU s; load average "
+            f"{parallel.load[0]:.2f} at start, {parallel.load[1]:.2f} at end)\n"
+            f"  pipeline / that = {pipeline_rate:.2f} / {parallel_rate:.2f} = "
+            f"{per_second(pipeline_rate, parallel_rate):.2f}"
+            f" (the share of the machine's embedding capacity; the target compares with one stream, above)"
+        )
     if run.paired is not None and run.paired.chunks:
         paired = run.paired
         paired_rate = per_second(paired.chunks, paired.wall)
@@ -999,7 +1160,35 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR, help=f"evaluation documents (default {DOCS_DIR})")
     parser.add_argument("--limit", type=int, default=0, help="at most N files per folder and N items per corpus")
     parser.add_argument("--xquad-as", choices=("passage", "article"), default="passage", help="one document per ...")
-    parser.add_argument("--worker", action="store_true", help="process through a real Celery worker subprocess")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="process in this process, one document after the other, with the breakdown of where the time goes",
+    )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="the default: a real Celery worker subprocess, started as scripts/run.sh starts it",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="worker processes (CELERY_WORKER_CONCURRENCY; default: settings)"
+    )
+    parser.add_argument(
+        "--pool",
+        choices=("prefork", "threads"),
+        default="prefork",
+        help="worker pool (an experiment: scripts/run.sh runs prefork)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="worker: also time the calls inside the worker's processes (bench/_worker_probe.py)",
+    )
+    parser.add_argument(
+        "--bare-parallel",
+        action="store_true",
+        help="also embed the chunk texts in as many processes at once as the worker has (the model alone on N cores)",
+    )
     parser.add_argument(
         "--broker-url", default="redis://127.0.0.1:6379/13", help="--worker: a Redis database for the bench's tasks"
     )
@@ -1017,8 +1206,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cleanup", action="store_true", help=f"only remove {PREFIX}* tenants left by a killed run")
     parser.add_argument("--single", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.docs_dir = args.docs_dir.resolve()
+    if args.worker and (args.in_process or args.paired or args.profile):
+        parser.error("--worker cannot be combined with --in-process, --paired or --profile")
+    # The Celery worker is the production path and the default; --paired and --profile
+    # only make sense in this process.
+    args.worker = not (args.in_process or args.paired or args.profile)
     return args
 
 
@@ -1027,11 +1222,11 @@ def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     os.environ.setdefault("DJANGO_DEBUG", "False")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # INFO logs a line per stage and document
-    if args.single:
+    if args.single or args.bare_child:
         import django
 
         django.setup()
-        return single(args.single, args.schema)
+        return single(args.single, args.schema) if args.single else bare_child(args.bare_child)
 
     gc.callbacks.append(GC_CLOCK)
     # Ctrl-C and SIGTERM clean up (SIGINT too when the shell started us with it ignored).
@@ -1041,6 +1236,11 @@ def main() -> int:
     os.environ["MEDIA_ROOT"] = str(workdir / "media")  # this process, the --single child, the worker
     if args.worker:
         os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = args.broker_url
+        if args.concurrency:
+            os.environ["CELERY_WORKER_CONCURRENCY"] = str(args.concurrency)
+        if args.probe:
+            (workdir / "probe").mkdir()
+            os.environ["ZHIDA_BENCH_PROBE_DIR"] = str(workdir / "probe")
     # The vector write lock lives in the cache's Redis. On the dev database it is shared with
     # everything else on the machine that writes to *a* Milvus (other benchmarks, a dev
     # worker): their writes would make this run wait for a lock that guards another server.
@@ -1099,7 +1299,9 @@ def main() -> int:
         elif not args.no_rss:
             print(f"({BIG_PDF} not found under {args.docs_dir}: no peak-RSS run)", file=sys.stderr)
 
-        breakdown = profiler = load_s = paired = None
+        breakdown = profiler = load_s = paired = probe_tasks = None
+        worker_processes = 0
+        worker_peaks: dict[int, float] = {}
         pids = {"Milvus": milvus.process.pid}
         if args.worker:
             broker_keys = broker_check(args.broker_url)
@@ -1108,10 +1310,26 @@ def main() -> int:
                 workdir,
                 # DATABASE_URL: the helper takes the current connection's, here the dev database.
                 env_extra={"DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"], "MILVUS_URI": milvus.url},
+                # The settings' pool and concurrency: the worker scripts/run.sh runs.
+                worker_args=(
+                    *(("--include=bench._worker_probe",) if args.probe else ()),
+                    *(("--pool=threads",) if args.pool == "threads" else ()),
+                ),
             )
-            print(f"\nCelery worker {hostname} (log {workdir / 'worker.log'}); the model loads with its first task")
-            with measured({**pids, "worker": worker.pid}) as processing:
+            print(
+                f"\nCelery worker {hostname}: {args.pool}, concurrency {settings.CELERY_WORKER_CONCURRENCY} "
+                f"(log {workdir / 'worker.log'}); each loads the model as it starts, while the uploads begin"
+            )
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                postmaster = int(Path(f"/proc/{cursor.fetchone()[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            trees = {"worker": worker.pid, "PostgreSQL (all backends)": postmaster}
+            with measured(pids, trees) as processing:
                 records = ingest_worker(schema, items, worker, workdir / "worker.log")
+            worker_processes = len(proc_children(worker.pid)) or 1
+            worker_peaks = {pid: proc_peak_rss_mb(pid) for pid in proc_children(worker.pid) or [worker.pid]}
+            if args.probe:
+                breakdown, probe_tasks = probe_collect(workdir / "probe")
         else:
             started = time.perf_counter()
             get_embedder()  # a worker has its model loaded before its second document: leave it out
@@ -1135,6 +1353,11 @@ def main() -> int:
         get_embedder()  # loaded already, unless the worker did the processing
         print("\nbare embedding of the same chunk texts:")
         bare, bare_breakdown = embed_bare(groups, pids)
+        bare_parallel = None
+        if args.bare_parallel:
+            streams = settings.CELERY_WORKER_CONCURRENCY
+            print(f"bare embedding again, {streams} processes at once:", file=sys.stderr)
+            bare_parallel = embed_bare_parallel(groups, streams, workdir)
         run = Run(
             records=records,
             stats=stats,
@@ -1145,6 +1368,12 @@ def main() -> int:
             breakdown=breakdown,
             paired=paired,
             load_s=load_s,
+            bare_parallel=bare_parallel,
+            worker_processes=worker_processes,
+            worker_pool=args.pool,
+            worker_concurrency=settings.CELERY_WORKER_CONCURRENCY,
+            worker_peaks=worker_peaks,
+            probe_tasks=probe_tasks,
         )
         ratio = report(args, run)
         if rss_result is not None:
