@@ -4,7 +4,7 @@ sent and switches the worker to it before the task runs."""
 import logging
 import os
 
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
 from tenant_schemas_celery.app import CeleryApp
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
@@ -16,17 +16,29 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@worker_process_init.connect
+@worker_init.connect
 def _db_connections_keep(**_kwargs) -> None:
-    """A worker process runs one task after another on one thread: it can keep its database
-    connection (WORKER_DB_CONN_MAX_AGE), health-checked before each task reuses it. Celery's
-    Django fixup closes it after a task only once it is older than that, or broken. The web
-    processes keep Django's CONN_MAX_AGE (0 under ASGI)."""
+    """A worker process runs one task after another on one thread: it keeps its database
+    connection between tasks (WORKER_DB_CONN_MAX_AGE) and checks it before each task, the
+    way Django treats requests (``close_old_connections`` at start and end, health checks
+    on). Celery's Django fixup would close it after every task: ``CELERY_DB_REUSE_MAX``
+    tells it not to. The web processes keep Django's CONN_MAX_AGE (0 under ASGI). Sent in
+    the worker's main process before the pool forks, so its processes inherit it."""
     from django.conf import settings
     from django.db import connections
 
     for alias in connections:
         connections[alias].settings_dict.update(CONN_MAX_AGE=settings.WORKER_DB_CONN_MAX_AGE, CONN_HEALTH_CHECKS=True)
+    task_prerun.connect(_db_connections_check, weak=False)
+    task_postrun.connect(_db_connections_check, weak=False)
+
+
+def _db_connections_check(sender=None, **_kwargs) -> None:
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return  # a task run inline belongs to its caller's connection (and transaction)
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 @worker_process_init.connect

@@ -237,9 +237,12 @@ CELERY_WORKER_CONCURRENCY = env.int(
     default=max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
 )
 # Worker processes keep their PostgreSQL connection between tasks (seconds; checked before
-# reuse). With Django's CONN_MAX_AGE of 0 every task, a document, opened a new one: about
-# 5 ms of PostgreSQL CPU and as long again waiting. 0 closes it after every task.
+# reuse; config/celery_app.py). Closed after every task, a document, it cost a new one each
+# time: about 5 ms of PostgreSQL CPU and as long again waiting. 0 closes it after every task.
 WORKER_DB_CONN_MAX_AGE = env.int("WORKER_DB_CONN_MAX_AGE", default=300)
+# Celery's Django fixup closes the connections after every task unless told to reuse them
+# this many tasks; WORKER_DB_CONN_MAX_AGE decides instead.
+CELERY_DB_REUSE_MAX = 1_000_000
 
 # --------------------------------------------------------------------------------------
 # Channels

@@ -9,22 +9,42 @@ import threading
 from django.conf import settings
 from django.db import connections
 
-from config.celery_app import _db_connections_keep, _models_warm_up, app
+from config.celery_app import _db_connections_check, _db_connections_keep, _models_warm_up, app
 
 
 def test_the_worker_runs_the_settings_number_of_processes():
     assert app.conf.worker_concurrency == settings.CELERY_WORKER_CONCURRENCY >= 2
 
 
-def test_a_worker_process_keeps_its_database_connection_between_tasks(settings):
+def test_a_worker_keeps_its_database_connection_between_tasks(settings, monkeypatch):
+    from celery.signals import task_postrun, task_prerun
+
     settings_dict = connections["default"].settings_dict
     saved = {key: settings_dict[key] for key in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS")}
     settings.WORKER_DB_CONN_MAX_AGE = 123
     try:
         _db_connections_keep()
         assert (settings_dict["CONN_MAX_AGE"], settings_dict["CONN_HEALTH_CHECKS"]) == (123, True)
+        assert app.conf.get("CELERY_DB_REUSE_MAX") >= 1000  # Celery's fixup leaves it open
     finally:
         settings_dict.update(saved)
+        task_prerun.disconnect(_db_connections_check)
+        task_postrun.disconnect(_db_connections_check)
+
+    checked = []
+    monkeypatch.setattr("django.db.close_old_connections", lambda: checked.append(True))
+
+    class Request:
+        is_eager = True
+
+    class Task:
+        request = Request()
+
+    _db_connections_check(sender=Task())  # an eager task: its caller's transaction, left alone
+    assert checked == []
+    Request.is_eager = False
+    _db_connections_check(sender=Task())
+    assert checked == [True]
 
 
 def test_a_worker_process_loads_the_model_in_the_background(settings, monkeypatch):
