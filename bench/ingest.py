@@ -375,6 +375,7 @@ class Phase:
     wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     load: tuple[float, float] = (0.0, 0.0)
+    cpu_extra: float | None = None  # the worker's PostgreSQL backends, read inside the phase
     gc: float = 0.0  # seconds in this process's garbage collector
 
     def describe(self) -> str:
@@ -407,6 +408,8 @@ def measured(pids: dict[str, int], trees: dict[str, int] | None = None) -> Itera
     finally:
         phase.wall = time.perf_counter() - started
         phase.cpu = {name: value - before[name] for name, value in cpu_now().items()}
+        if phase.cpu_extra is not None:
+            phase.cpu["PostgreSQL (the worker's backends)"] = phase.cpu_extra
         phase.load = (load, os.getloadavg()[0])
         phase.gc = GC_CLOCK.seconds - gc_before
 
@@ -570,6 +573,29 @@ def process_retrying(record: Record) -> None:
                 return
             record.retries.append(exc.code)
             print(f"  ({record.item.name}: transient {exc.code}: {exc.message[:100]}; retrying)", file=sys.stderr)
+
+
+WORKER_DB_APP = "bench_ingest_worker"
+
+
+def warm_wait(directory: Path, processes: int, timeout: float = 120.0) -> None:
+    """Wait until each worker process has its model loaded (bench/_worker_ready.py)."""
+    deadline = time.monotonic() + timeout
+    while len(list(directory.glob("ready-*"))) < processes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker's processes did not load the model within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def worker_backends_cpu() -> float:
+    """CPU seconds of the PostgreSQL backends of the worker's processes (found by their
+    application_name). They were opened by the worker's first tasks, inside the measured
+    phase, and kept (WORKER_DB_CONN_MAX_AGE), so their lifetime CPU is the phase's."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", [WORKER_DB_APP])
+        return sum(proc_cpu(pid) for (pid,) in cursor.fetchall())
 
 
 def ingest_worker(schema: str, items: list[Item], worker: subprocess.Popen, log: Path) -> list[Record]:
@@ -1241,6 +1267,8 @@ def main() -> int:
         if args.probe:
             (workdir / "probe").mkdir()
             os.environ["ZHIDA_BENCH_PROBE_DIR"] = str(workdir / "probe")
+        (workdir / "ready").mkdir()
+        os.environ["ZHIDA_BENCH_READY_DIR"] = str(workdir / "ready")
     # The vector write lock lives in the cache's Redis. On the dev database it is shared with
     # everything else on the machine that writes to *a* Milvus (other benchmarks, a dev
     # worker): their writes would make this run wait for a lock that guards another server.
@@ -1305,27 +1333,35 @@ def main() -> int:
         pids = {"Milvus": milvus.process.pid}
         if args.worker:
             broker_keys = broker_check(args.broker_url)
+            from apps.core.testing import worker_database_url
+
             worker, hostname = service_start(
                 start_celery_worker,
                 workdir,
-                # DATABASE_URL: the helper takes the current connection's, here the dev database.
-                env_extra={"DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"], "MILVUS_URI": milvus.url},
+                env_extra={
+                    "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+                    "MILVUS_URI": milvus.url,
+                    # The dev database, as this process uses it; the name finds the worker's backends.
+                    "DATABASE_URL": f"{worker_database_url()}?application_name={WORKER_DB_APP}",
+                },
                 # The settings' pool and concurrency: the worker scripts/run.sh runs.
                 worker_args=(
-                    *(("--include=bench._worker_probe",) if args.probe else ()),
+                    "--include=bench._worker_ready" + (",bench._worker_probe" if args.probe else ""),
                     *(("--pool=threads",) if args.pool == "threads" else ()),
                 ),
             )
             print(
                 f"\nCelery worker {hostname}: {args.pool}, concurrency {settings.CELERY_WORKER_CONCURRENCY} "
-                f"(log {workdir / 'worker.log'}); each loads the model as it starts, while the uploads begin"
+                f"(log {workdir / 'worker.log'}); the clock starts once its processes have loaded the model"
             )
+            if args.pool == "prefork":  # (the threads pool sends no worker_process_init: it loads with its first task)
+                warm_wait(workdir / "ready", settings.CELERY_WORKER_CONCURRENCY)
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_backend_pid()")
-                postmaster = int(Path(f"/proc/{cursor.fetchone()[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            trees = {"worker": worker.pid, "PostgreSQL (all backends)": postmaster}
-            with measured(pids, trees) as processing:
+                pids["PostgreSQL (this process's backend)"] = cursor.fetchone()[0]
+            with measured(pids, {"worker": worker.pid}) as processing:
                 records = ingest_worker(schema, items, worker, workdir / "worker.log")
+                processing.cpu_extra = worker_backends_cpu()
             worker_processes = len(proc_children(worker.pid)) or 1
             worker_peaks = {pid: proc_peak_rss_mb(pid) for pid in proc_children(worker.pid) or [worker.pid]}
             if args.probe:
