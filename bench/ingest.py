@@ -104,6 +104,7 @@ MILVUS_METHODS = (
     "has_partition",
     "create_collection",
     "create_partition",
+    "flush",
 )
 
 

@@ -1,7 +1,6 @@
 """Base settings shared by every environment. Everything configurable comes from the
 environment (django-environ); see .env.example for the documented variables."""
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -228,14 +227,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ALWAYS_EAGER = False
 # Worker processes (prefork), each running one task at a time. The embedding model's forward
-# pass keeps one core busy; with two processes or more, one document's extraction, chunking,
+# pass keeps one core busy; with two processes, one document's extraction, chunking,
 # PostgreSQL, Redis and Milvus work runs while another document is embedded (bench/README.md,
-# ingestion). Milvus writes stay serialised by the vector write lock. Default: one per usable
-# core, at least 2. `celery worker --concurrency` overrides it.
-CELERY_WORKER_CONCURRENCY = env.int(
-    "CELERY_WORKER_CONCURRENCY",
-    default=max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
-)
+# ingestion). Not one per core: every Milvus write takes the one vector write lock, and on 2
+# cores 3 processes spent their time waiting for it (the subset: ratio 0.53 against 0.88).
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=2)
 # Worker processes keep their PostgreSQL connection between tasks (seconds; checked before
 # reuse; config/celery_app.py). Closed after every task, a document, it cost a new one each
 # time: about 5 ms of PostgreSQL CPU and as long again waiting. 0 closes it after every task.

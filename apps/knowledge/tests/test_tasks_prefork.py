@@ -1,5 +1,5 @@
 """Ingestion on the worker as ``scripts/run.sh`` and the compose file run it: prefork, with
-the settings' concurrency (``CELERY_WORKER_CONCURRENCY``, at least 2), so documents are
+the settings' concurrency (``CELERY_WORKER_CONCURRENCY``, 2 by default), so documents are
 processed side by side. Each document still ends indexed once, with as many vectors as
 chunks (the vector writes of both processes go through the one write lock).
 
