@@ -713,9 +713,10 @@ def embed_bare(groups: list[list[str]], pids: dict[str, int]) -> tuple[Phase, Br
 
 @dataclass
 class BareParallel:
-    """--bare-parallel: the same texts embedded by N processes at once (documents dealt
-    round-robin), each with its model loaded before the clock starts: what the model alone
-    does with as many processes as the worker has."""
+    """--bare-parallel: the same texts embedded by N processes at once (every Nth text each:
+    dealing out whole documents gave one process DA-619p's 1,168 chunks and left the other
+    idle for most of the run), each with its model loaded before the clock starts: what the
+    model alone does with as many processes as the worker has."""
 
     streams: int
     wall: float
@@ -725,9 +726,8 @@ class BareParallel:
 
 
 def embed_bare_parallel(groups: list[list[str]], streams: int, workdir: Path) -> BareParallel:
-    parts: list[list[str]] = [[] for _ in range(streams)]
-    for index, group in enumerate(groups):
-        parts[index % streams].extend(group)
+    texts = [t for g in groups for t in g]
+    parts = [texts[start::streams] for start in range(streams)]  # equal shares (documents are not)
     children = []
     for number, texts in enumerate(parts):
         path = workdir / f"bare-{number}.json"
