@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from apps.knowledge import vectorstore
+from apps.knowledge.bm25 import analyze, document_vector
 from apps.knowledge.vectorstore import (
     VectorRow,
     collection_drop,
@@ -42,9 +43,15 @@ def rows(document_id: str, texts: list[str]) -> list[VectorRow]:
             vector=[1.0] + [0.0] * (DIMENSION - 1),
             content=text,
             metadata={"n": n},
+            sparse=document_vector(text, avgdl=10.0),
         )
         for n, text in enumerate(texts)
     ]
+
+
+def weights(query: str) -> dict[int, float]:
+    """A BM25 query's sparse vector with every term weighing 1 (no IDF: no database here)."""
+    return dict.fromkeys(analyze(query)[0], 1.0)
 
 
 def names() -> set[str]:
@@ -64,7 +71,7 @@ def test_each_tenant_gets_a_collection_of_its_own_and_sees_only_its_rows(own_col
     assert own_collection not in names()  # nothing is written to the base name on Lite
     for key, mine in ((acme, "a" * 36), (globex, "g" * 36)):
         dense = vectors_search_dense(tenant_key=key, vector=[1.0] + [0.0] * (DIMENSION - 1), limit=10)
-        bm25 = vectors_search_bm25(tenant_key=key, text="X200 router", limit=10)
+        bm25 = vectors_search_bm25(tenant_key=key, weights=weights("X200 router"), limit=10)
         assert [h.document_id for h in dense] == [mine] == [h.document_id for h in bm25]
         assert vectors_count(tenant_key=key) == 1
 
@@ -73,7 +80,7 @@ def test_a_tenant_without_vectors_has_no_collection_and_finds_nothing(own_collec
     nobody = str(uuid.uuid4())
 
     assert vectors_search_dense(tenant_key=nobody, vector=[1.0] * DIMENSION, limit=5) == []
-    assert vectors_search_bm25(tenant_key=nobody, text="router", limit=5) == []
+    assert vectors_search_bm25(tenant_key=nobody, weights=weights("router"), limit=5) == []
     assert vectors_count(tenant_key=nobody) == 0
     vectors_commit(tenant_key=nobody)  # nothing to seal: no error, no collection made
     assert collection_name(tenant_key=nobody) not in names()
@@ -152,4 +159,4 @@ def test_a_collection_is_sealed_once_enough_rows_wait(own_collection, settings, 
     assert vectors_commit(tenant_key=globex) is False
 
     assert vectors_count(tenant_key=acme) == 4 and vectors_count(tenant_key=globex) == 2
-    assert [h.document_id for h in vectors_search_bm25(tenant_key=acme, text="four", limit=5)] == ["c" * 36]
+    assert [h.document_id for h in vectors_search_bm25(tenant_key=acme, weights=weights("four"), limit=5)] == ["c" * 36]
