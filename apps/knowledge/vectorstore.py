@@ -330,14 +330,7 @@ def collection_ensure(*, dimension: int, tenant_key: str) -> str:
         else:
             description = client.describe_collection(name)
             if _bm25_function_output(description):
-                raise PipelineError(
-                    f"The vector collection '{name}' was made by an earlier version: its BM25 is Milvus's "
-                    "function, scored with per-segment statistics and not comparable with ours. Point "
-                    "MILVUS_COLLECTION at a new collection and run `manage.py reconcile_vectors`, which "
-                    "re-embeds every tenant's chunks into it; then drop the old one.",
-                    code="vector_collection_outdated",
-                    transient=False,
-                )
+                raise _outdated(name)
             fields = {f["name"]: f for f in description["fields"]}
             existing = int(fields["vector"]["params"]["dim"])
             if existing != dimension:
@@ -352,6 +345,25 @@ def collection_ensure(*, dimension: int, tenant_key: str) -> str:
     _ensured.add((settings.MILVUS_URI, name, dimension))
     _existing.add((settings.MILVUS_URI, name))
     return name
+
+
+def _outdated(name: str) -> VectorStoreError:
+    return VectorStoreError(
+        f"The vector collection '{name}' was made by an earlier version: its BM25 is Milvus's function, "
+        "scored with per-segment statistics, not the tenant's. Point MILVUS_COLLECTION at a new collection "
+        "and run `manage.py reconcile_vectors`, which re-embeds every tenant's chunks into it; then drop the "
+        "old one.",
+        code="vector_collection_outdated",
+        transient=False,
+    )
+
+
+def _collection_outdated(name: str) -> bool:
+    """Whether collection ``name`` is of the BM25-function layout (False if it cannot be asked)."""
+    try:
+        return _bm25_function_output(_client().describe_collection(name))
+    except Exception:  # noqa: BLE001 - the caller re-raises its own error
+        return False
 
 
 def _bm25_function_output(description: dict) -> bool:
@@ -443,9 +455,9 @@ def vectors_commit(*, tenant_key: str) -> bool:
 
     Milvus Lite re-reads unsealed rows, and rebuilds their BM25 index, on every search:
     2,000 of them cost 64 ms per dense and 172 ms per BM25 search, against 3.7 ms each
-    once sealed; a flush costs ~8 ms. Sealing every document instead would leave segments
-    too small for their own BM25 statistics (module docstring). The count of rows waiting
-    is kept in Redis per collection, changed only under the write lock."""
+    once sealed; a flush costs ~8 ms. (BM25 does not depend on segments: our weights carry
+    the tenant's statistics, see bm25.py.) The count of rows waiting is kept in Redis per
+    collection, changed only under the write lock."""
     if not is_lite():
         return False
 
@@ -778,11 +790,19 @@ def vectors_search_bm25(
     never with a fixed threshold."""
     if not weights:
         return []
-    return _search(
-        tenant_key=tenant_key,
-        data=[weights],
-        anns_field="sparse",
-        limit=limit,
-        document_ids=document_ids,
-        params={"metric_type": "IP"},
-    )
+    try:
+        return _search(
+            tenant_key=tenant_key,
+            data=[weights],
+            anns_field="sparse",
+            limit=limit,
+            document_ids=document_ids,
+            params={"metric_type": "IP"},
+        )
+    except VectorStoreError:
+        # An outdated collection (the writes refuse it in collection_ensure) takes no sparse
+        # query: say why instead of Milvus's message. Only asked after a failure.
+        name = collection_name(tenant_key=tenant_key)
+        if _collection_outdated(name):
+            raise _outdated(name) from None
+        raise
