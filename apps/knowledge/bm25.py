@@ -92,6 +92,21 @@ def document_vector(text: str, *, avgdl: float) -> dict[int, float]:
     return {term: tf * (K1 + 1.0) / (tf + norm) for term, tf in Counter(ids).items()}
 
 
+def counts_lock() -> None:
+    """Take, for the rest of the transaction, the lock the triggers take before they change
+    the current tenant's counts (migration 0002). A service that locks rows (documents) and
+    then writes chunks takes it first: otherwise it could hold a document row while waiting
+    for this lock, held by a transaction that waits for that row (a new version retiring the
+    old one while the old one is being deleted)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [counts_lock_key()])
+
+
+def counts_lock_key() -> str:
+    """The current tenant's lock key, as the triggers spell it (TG_TABLE_SCHEMA || ...)."""
+    return f"{connection.schema_name}.knowledge_bm25term"
+
+
 def _counts(terms: Iterable[int]) -> dict[int, int]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT term, count FROM knowledge_bm25term WHERE term = ANY(%s)", [list(terms)])

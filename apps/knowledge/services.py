@@ -290,6 +290,9 @@ def document_update(*, document: Document, actor: Any, **fields: Any) -> Documen
 def document_delete(*, document: Document, actor: Any) -> Document:
     """Soft delete: gone from search at once (status), chunks removed, vectors removed
     after commit. The row and the file stay for the audit trail until retention purges."""
+    from apps.knowledge.bm25 import counts_lock
+
+    counts_lock()  # before any row lock (see there)
     document = Document.objects.select_for_update().get(pk=document.pk)
     if document.status == Document.Status.DELETED:
         return document
@@ -613,8 +616,9 @@ def _document_swap_in(*, document: Document, chunks: list) -> list[Document] | N
     old version until this commits and the new one after. Returns the older versions it
     retired, or None when the document was no longer ``processing`` (nothing swapped in).
     The caller's ``document`` gets the new status and progress."""
-    from apps.knowledge.bm25 import chunk_terms
+    from apps.knowledge.bm25 import chunk_terms, counts_lock
 
+    counts_lock()  # before any row lock (see there)
     caller, document = document, Document.objects.select_for_update().get(pk=document.pk)
     if document.status != Document.Status.PROCESSING:
         return None  # deleted or reset while we worked

@@ -10,7 +10,9 @@ counts in the schema of the chunks it saw (and survives django-tenants' schema c
 which copies it and its triggers into each new tenant). A transaction-level advisory lock
 per schema serialises writers of the counts: two documents swapped in at once would
 otherwise lock overlapping term rows in different orders and could deadlock; the
-transactions that write chunks are short. Counts that fall to zero stay as rows (a term no
+transactions that write chunks are short. The services that lock document rows and then
+write chunks take the same lock first (``bm25.counts_lock``), so no one waits for it while
+holding a row another holder of it wants. Counts that fall to zero stay as rows (a term no
 chunk holds scores nothing)."""
 
 import django.contrib.postgres.fields

@@ -126,6 +126,32 @@ class TestCounts:
                 cursor.execute("TRUNCATE knowledge_documentchunk CASCADE")
             assert counted() == {}
 
+    def test_services_can_take_the_lock_the_triggers_take(self, acme, index_doc):
+        """``counts_lock`` (taken first by services that lock documents, then write chunks)
+        must be the very lock the triggers take, or it would not keep them from deadlocking."""
+        import threading
+
+        from django.db import connections
+
+        indexed = index_doc(acme, "valve.md", f"# Valve\n\nThe zephyrine valve sticks in frost. {FILLER}")
+        got: list[bool] = []
+
+        def try_lock(key: str) -> None:
+            try:
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+                    got.append(cursor.fetchone()[0])
+                    cursor.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                connections["default"].close()
+
+        with schema_context(acme.schema_name):
+            DocumentChunk.objects.filter(document=indexed.document).delete()  # the trigger holds it now
+            thread = threading.Thread(target=try_lock, args=(bm25.counts_lock_key(),))
+            thread.start()
+            thread.join()
+        assert got == [False]
+
     def test_reconcile_fills_chunks_written_before_the_columns(self, acme, index_doc):
         index_doc(acme, "valve.md", f"# Valve\n\nThe zephyrine valve sticks in frost. {FILLER}")
         with schema_context(acme.schema_name):
