@@ -822,7 +822,7 @@ def chunks_bm25_fill(*, dry_run: bool = False, batch_size: int = 500) -> int:
     written before bm25.py); the triggers add them to the tenant's statistics. Returns how
     many chunks needed it. One transaction per batch, so a big tenant can be filled while it
     is in use, and a second run resumes where the first stopped."""
-    from apps.knowledge.bm25 import chunk_terms
+    from apps.knowledge.bm25 import chunk_terms, counts_lock
 
     todo = DocumentChunk.objects.filter(bm25_terms__isnull=True)
     if dry_run:
@@ -830,6 +830,7 @@ def chunks_bm25_fill(*, dry_run: bool = False, batch_size: int = 500) -> int:
     done = 0
     while True:
         with transaction.atomic():
+            counts_lock()  # before the chunk row locks (see there)
             batch = list(todo.only("id", "content").select_for_update(skip_locked=True)[:batch_size])
             if not batch:
                 return done
