@@ -48,7 +48,8 @@ B = 0.75
 CHUNKS_ROW = -1  # count: the chunks that have been analysed (N)
 LENGTH_ROW = -2  # count: their total length in terms
 AVGDL_FALLBACK = 100.0  # only when neither the tenant nor the document has a term
-MAX_TERM_ID = 2**32 - 2  # Milvus sparse indices are < 2**32 - 1
+# Milvus sparse indices are < 2**32 - 1; 2**32 - 2 stands for "no term" (vectorstore).
+MAX_TERM_ID = 2**32 - 3
 _MEANINGFUL = re.compile(r"[^\W_]")  # a letter or digit of any script (CJK included)
 
 

@@ -128,6 +128,9 @@ BM25_STOP_WORDS = [
     "怎么",
     "如何",
 ]
+# The sparse vector of a chunk without BM25 terms (only emoji, say): Milvus refuses empty
+# ones, and no query weighs this dimension (bm25.MAX_TERM_ID is below it).
+NO_TERMS = {2**32 - 2: 1.0}
 # The lock is a lease: held for LOCK_LEASE seconds at a time and renewed by the holder
 # while it writes (up to MILVUS_WRITE_LOCK_TIMEOUT in all), so a writer killed while
 # holding it (SIGKILL, OOM) blocks the others for seconds, not minutes.
@@ -500,7 +503,7 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
             "chunk_id": r.chunk_id,
             "vector": r.vector,
             "content": _content_fit(text_normalize(r.content)),
-            "sparse": r.sparse,
+            "sparse": r.sparse or NO_TERMS,
             "metadata": r.metadata,
         }
         for r in rows

@@ -69,7 +69,8 @@ def test_analysis_folds_scripts_drops_stop_words_and_punctuation():
     assert bm25.term_id("?") not in ids and bm25.term_id("「") not in ids  # no letter or digit
     assert set(simplified) <= set(ids)  # Traditional folded to Simplified
     assert length == len(ids)
-    assert all(0 <= term < 2**32 - 1 for term in ids)
+    assert all(0 <= term <= bm25.MAX_TERM_ID for term in ids)
+    assert bm25.analyze("🙂 —— ！！") == ((), 0)  # nothing to count (stored as vectorstore.NO_TERMS)
 
 
 def test_document_weights_saturate_with_tf_and_shrink_with_length():
