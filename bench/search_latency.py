@@ -22,8 +22,9 @@ Loading 100k chunks through upload → extract → chunk → embed would take ho
 is written directly: 2,000 real texts (sentence pairs from shared/eval xquad-en, xquad-zh
 and stackfaq) are embedded once with the real embedder; every chunk reuses one of them with
 its vector perturbed (Gaussian noise, renormalised) so no two vectors are equal; vectors go
-in with ``vectors_upsert`` (BM25 is computed by Milvus on insert, as in production) and the
-matching Document/DocumentChunk rows with ``bulk_create`` in the tenants' schemas. Queries
+in with ``vectors_upsert`` (with BM25 term weights from ``apps.knowledge.bm25``, as in
+production) and the matching Document/DocumentChunk rows (with their BM25 terms, which the
+triggers count) with ``bulk_create`` in the tenants' schemas. Queries
 are real questions from the same sets, in English and Chinese.
 
 It never touches the dev stack's data: its own Milvus Lite server on a free port in a
@@ -130,6 +131,7 @@ def load(tenants: list[Any], *, upto: int, have: int, texts: list[str], base, di
     from django.utils import timezone
     from django_tenants.utils import tenant_context
 
+    from apps.knowledge import bm25
     from apps.knowledge.models import Document, DocumentChunk
     from apps.knowledge.services import chunk_uuid, tenant_key
     from apps.knowledge.vectorstore import VectorRow, vectors_commit, vectors_upsert
@@ -139,6 +141,7 @@ def load(tenants: list[Any], *, upto: int, have: int, texts: list[str], base, di
     for number, tenant in enumerate(tenants, start=1):
         with tenant_context(tenant):
             key = tenant_key()
+            avgdl = bm25.tenant_avgdl(texts=texts)
             documents, chunks, rows = [], [], []
             for first in range(have, upto, CHUNKS_PER_DOCUMENT):
                 doc_no = first // CHUNKS_PER_DOCUMENT
@@ -177,6 +180,8 @@ def load(tenants: list[Any], *, upto: int, have: int, texts: list[str], base, di
                             vector_id=str(chunk_id),
                             metadata=metadata,
                             char_count=len(content),
+                            bm25_terms=bm25.chunk_terms(content)[0],
+                            bm25_length=bm25.chunk_terms(content)[1],
                         )
                     )
                     rows.append(
@@ -187,6 +192,7 @@ def load(tenants: list[Any], *, upto: int, have: int, texts: list[str], base, di
                             vector=vector.tolist(),
                             content=content,
                             metadata=metadata,
+                            sparse=bm25.document_vector(content, avgdl=avgdl),
                         )
                     )
             Document.objects.bulk_create(documents, batch_size=500)
@@ -210,6 +216,7 @@ class Parts:
         "apps.knowledge.search._allowed_documents": "filters (SQL)",
         "apps.knowledge.search.fuse": "fusion",
         "apps.knowledge.search._query_terms": "query terms (jieba)",
+        "apps.knowledge.bm25.query_vector": "BM25 query weights (jieba + IDF SQL)",
         "apps.knowledge.search.highlight": "highlight",
         "apps.knowledge.search._shingles": "near-duplicates",
         "apps.knowledge.search._near_duplicate": "near-duplicates",

@@ -97,6 +97,11 @@ class DocumentChunk(UUIDModel):
     word_count = models.PositiveIntegerField(default=0)
     char_count = models.PositiveIntegerField(default=0)
     token_count = models.PositiveIntegerField(default=0)
+    # BM25 (apps/knowledge/bm25.py): the chunk's distinct term ids and its length in terms,
+    # which triggers add to Bm25Term. NULL: not analysed yet (chunks older than the columns,
+    # or written by code that does not know them; vectors_reconcile fills them).
+    bm25_terms = ArrayField(models.BigIntegerField(), null=True, blank=True)
+    bm25_length = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     permission_resource = "docs"
@@ -109,6 +114,22 @@ class DocumentChunk(UUIDModel):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.chunk_index}"
+
+
+class Bm25Term(models.Model):
+    """The tenant's BM25 statistics: for a term id (≥ 0) the number of chunks that contain
+    it; row -1 the number of analysed chunks, row -2 their total length. Written only by
+    the triggers on knowledge_documentchunk (migration 0002), read by ``bm25``."""
+
+    term = models.BigIntegerField(primary_key=True)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("BM25 term")
+        verbose_name_plural = _("BM25 terms")
+
+    def __str__(self) -> str:
+        return f"{self.term}: {self.count}"
 
 
 class DocumentProcessingLog(UUIDModel):

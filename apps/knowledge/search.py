@@ -1,6 +1,7 @@
 """``chunk_search``: the one way to retrieve passages (API, admin hit-testing, chat).
 
-Modes: ``dense`` (query embedding, cosine), ``bm25`` (Milvus BM25 over jieba tokens) and
+Modes: ``dense`` (query embedding, cosine), ``bm25`` (over jieba terms with the tenant's own
+statistics, ``bm25.py``, scored in Milvus as a sparse inner product) and
 ``hybrid`` (both, fused: see ``fuse``). Tenant isolation is enforced
 here — the tenant's own collection (Lite) or partition key (server) *and* a tenant_id
 filter in Milvus, then a join back to this
@@ -320,13 +321,15 @@ def search_candidates(
     Hybrid sends the BM25 search from a pool thread first, then embeds the query and runs
     the dense search here, so BM25 overlaps both (on a Milvus server the two searches run in
     parallel; an OpenAI-compatible embedder's round trip hides BM25 entirely). Only the
-    Milvus RPC runs in the thread: the tenant key is resolved here, and nothing there
+    Milvus RPC runs in the thread: the tenant key and the query's BM25 weights (IDF from
+    the tenant's statistics, one SQL statement) are resolved here, and nothing there
     touches the database (a pool thread would open a connection of its own, outside this
     tenant's schema).
 
     Timings: ``embed_ms`` the query embedding; ``dense_ms`` and ``bm25_ms`` each search's
     own wall time; ``milvus_ms`` how long Milvus kept this search waiting beyond the
     embedding (sequential: dense + BM25; hybrid: max(embed + dense, BM25) − embed)."""
+    from apps.knowledge.bm25 import query_vector as bm25_query_vector
     from apps.knowledge.pipeline.embed import get_embedder
     from apps.knowledge.services import tenant_key
     from apps.knowledge.vectorstore import text_normalize, vectors_search_bm25, vectors_search_dense
@@ -334,8 +337,10 @@ def search_candidates(
     timings = {"embed_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
     key = tenant_key()
     dense_hits, bm25_hits = [], []
+    bm25_args = {"tenant_key": key, "limit": limit, "document_ids": document_ids}
+    if mode in ("bm25", "hybrid"):  # our own work (overhead), not Milvus's
+        bm25_args["weights"] = bm25_query_vector(query)
     started = time.perf_counter()
-    bm25_args = {"tenant_key": key, "text": query, "limit": limit, "document_ids": document_ids}
     bm25_future: Future | None = None
     if mode == "hybrid":
         bm25_future = _milvus_pool().submit(_timed, vectors_search_bm25, **bm25_args)

@@ -291,6 +291,9 @@ def document_update(*, document: Document, actor: Any, **fields: Any) -> Documen
 def document_delete(*, document: Document, actor: Any) -> Document:
     """Soft delete: gone from search at once (status), chunks removed, vectors removed
     after commit. The row and the file stay for the audit trail until retention purges."""
+    from apps.knowledge.bm25 import counts_lock
+
+    counts_lock()  # before any row lock (see there)
     document = Document.objects.select_for_update().get(pk=document.pk)
     if document.status == Document.Status.DELETED:
         return document
@@ -504,6 +507,7 @@ def document_process(*, document_id: Any) -> Document | None:
     Vectors are written while the next batch is embedded (``VectorWriter``: a background
     thread, through the same serialised write path); the chunk rows are swapped in once
     every vector is written, so searchers see the old version or the new one."""
+    from apps.knowledge.bm25 import document_vector, tenant_avgdl
     from apps.knowledge.pipeline.chunk import chunk_sections
     from apps.knowledge.pipeline.embed import embed_texts, get_embedder
     from apps.knowledge.pipeline.extract import extract
@@ -537,6 +541,7 @@ def document_process(*, document_id: Any) -> Document | None:
         key = tenant_key()
         document_key = str(document.pk)
         ids = [str(chunk_uuid(document.pk, c.index)) for c in chunks]
+        avgdl = tenant_avgdl(texts=[c.content for c in chunks])  # BM25 length normalisation
 
         def rows(start: int, vectors: list[list[float]]) -> list[VectorRow]:
             return [
@@ -547,6 +552,7 @@ def document_process(*, document_id: Any) -> Document | None:
                     vector=vector,
                     content=chunks[i].content,
                     metadata=chunks[i].metadata,
+                    sparse=document_vector(chunks[i].content, avgdl=avgdl),
                 )
                 for i, vector in enumerate(vectors, start=start)
             ]
@@ -608,10 +614,14 @@ def _document_swap_in(*, document: Document, chunks: list) -> list[Document] | N
     old version until this commits and the new one after. Returns the older versions it
     retired, or None when the document was no longer ``processing`` (nothing swapped in).
     The caller's ``document`` gets the new status and progress."""
+    from apps.knowledge.bm25 import chunk_terms, counts_lock
+
+    counts_lock()  # before any row lock (see there)
     caller, document = document, Document.objects.select_for_update().get(pk=document.pk)
     if document.status != Document.Status.PROCESSING:
         return None  # deleted or reset while we worked
     DocumentChunk.objects.filter(document=document).delete()
+    terms = [chunk_terms(c.content) for c in chunks]  # counted by the BM25 statistics' triggers
     DocumentChunk.objects.bulk_create(
         [
             DocumentChunk(
@@ -625,8 +635,10 @@ def _document_swap_in(*, document: Document, chunks: list) -> list[Document] | N
                 word_count=c.word_count,
                 char_count=c.char_count,
                 token_count=c.token_count,
+                bm25_terms=term_ids,
+                bm25_length=length,
             )
-            for c in chunks
+            for c, (term_ids, length) in zip(chunks, terms, strict=True)
         ],
         batch_size=500,
     )
@@ -731,13 +743,21 @@ class ReconcileReport:
     vectors_restored: int = 0
     vectors_removed: int = 0
     documents_repaired: list[str] | None = None
+    chunks_analysed: int = 0
 
 
 def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
     """Compare this tenant's chunks in PostgreSQL with its vectors in Milvus and repair
     drift: vectors missing for an indexed document's chunks are re-embedded from the stored
     chunk text and upserted; vectors with no chunk behind them (deleted or superseded
-    documents, lost updates) are removed."""
+    documents, lost updates) are removed. First, chunks without BM25 terms (made before
+    they existed) get them (``chunks_bm25_fill``), so the tenant's statistics are whole
+    before any vector is weighted with them.
+
+    Moving to a new collection (an outdated one is refused, see
+    ``vectorstore.collection_ensure``): point MILVUS_COLLECTION at it and run this; every
+    vector is missing there, so every chunk is re-embedded."""
+    from apps.knowledge.bm25 import document_vector, tenant_avgdl
     from apps.knowledge.pipeline.embed import embed_texts, get_embedder
     from apps.knowledge.vectorstore import (
         VectorRow,
@@ -749,6 +769,8 @@ def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], N
 
     key = tenant_key()
     report = ReconcileReport(documents_repaired=[])
+    report.chunks_analysed = chunks_bm25_fill(dry_run=dry_run)
+    avgdl: float | None = None
     in_milvus = vectors_ids_by_document(tenant_key=key)
     expected: dict[str, set[str]] = {}
     for doc_id, vector_id in DocumentChunk.objects.filter(document__status=Document.Status.INDEXED).values_list(
@@ -772,6 +794,7 @@ def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], N
                 chunks = list(DocumentChunk.objects.filter(document_id=doc_id, vector_id__in=missing))
                 embedder = get_embedder()
                 vectors = embed_texts([c.content for c in chunks])
+                avgdl = tenant_avgdl() if avgdl is None else avgdl
                 rows = [
                     VectorRow(
                         id=c.vector_id,
@@ -780,6 +803,7 @@ def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], N
                         vector=v,
                         content=c.content,
                         metadata=c.metadata,
+                        sparse=document_vector(c.content, avgdl=avgdl),
                     )
                     for c, v in zip(chunks, vectors, strict=True)
                 ]
@@ -789,3 +813,26 @@ def vectors_reconcile(*, dry_run: bool = False, progress: Callable[[int, int], N
     if report.vectors_restored and not dry_run:
         vectors_commit(tenant_key=key)
     return report
+
+
+def chunks_bm25_fill(*, dry_run: bool = False, batch_size: int = 500) -> int:
+    """Give the current tenant's chunks that have none their BM25 terms and length (chunks
+    written before bm25.py); the triggers add them to the tenant's statistics. Returns how
+    many chunks needed it. One transaction per batch, so a big tenant can be filled while it
+    is in use, and a second run resumes where the first stopped."""
+    from apps.knowledge.bm25 import chunk_terms, counts_lock
+
+    todo = DocumentChunk.objects.filter(bm25_terms__isnull=True)
+    if dry_run:
+        return todo.count()
+    done = 0
+    while True:
+        with transaction.atomic():
+            counts_lock()  # before the chunk row locks (see there)
+            batch = list(todo.only("id", "content").select_for_update(skip_locked=True)[:batch_size])
+            if not batch:
+                return done
+            for chunk in batch:
+                chunk.bm25_terms, chunk.bm25_length = chunk_terms(chunk.content)
+            DocumentChunk.objects.bulk_update(batch, ["bm25_terms", "bm25_length"])
+        done += len(batch)

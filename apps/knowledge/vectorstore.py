@@ -23,22 +23,22 @@ Facts measured for this design (see the ingestion issue):
     per search, 3.7 ms each once sealed. So a collection is sealed (a flush, ~8 ms) at the
     end of every document, and Lite's own size-tiered compaction merges the small segments
     (every file under 1 MB once four of them exist);
-  - Lite scores BM25 with each segment's own statistics (its TODO; a server aggregates
-    them). Sealed this way, segments are runs of documents in upload order, merged to about
-    1 MB; on the evaluation sets BM25 lost 0.4-1.6 points of recall@1 without distractors
-    and 1-5 with them (bench/README.md). Waiting for 64 rows before sealing did worse: the
-    unsealed rows form a small pool of the latest, similar documents whose own statistics
-    mislead (stackfaq with distractors: BM25 recall@1 0.40 against 0.64 sealing every
-    document). MILVUS_LITE_SEAL_ROWS keeps the knob; exact BM25 on Lite would need the
-    statistics computed outside Milvus (sparse vectors of our own), left for later;
+  - Lite scores its BM25 function with each segment's own statistics (its TODO; a server
+    aggregates them), and segments sealed this way are runs of documents in upload order:
+    BM25 lost up to five points of recall. So BM25 is no longer Milvus's function: the
+    ``sparse`` field holds weights we compute with the tenant's own statistics
+    (apps/knowledge/bm25.py), scored by inner product, the same on Lite and on a server.
+    MILVUS_LITE_SEAL_ROWS keeps the sealing knob (1: every document);
   - a flush seals the whole collection: with one collection it would have cut every
     tenant's unsealed rows into a segment at each document of any tenant.
   IVF_PQ/DISKANN/SCANN are never used on Lite (accepted, then the collection cannot be
   loaded after a restart).
 
 Fields: the seed's (id, tenant_id, document_id, chunk_id, vector, content, metadata), plus
-``sparse``: BM25 over ``content`` (jieba analyzer) computed by Milvus itself, so hybrid
-search needs no second index and no reindex later.
+``sparse``: the chunk's BM25 term weights (``bm25.document_vector``), SPARSE_INVERTED_INDEX
+with the IP metric; a query's IDF weights (``bm25.query_vector``) make the inner product the
+BM25 score. Collections made when ``sparse`` was the output of Milvus's BM25 function are
+refused (``collection_ensure``): their scores would not be comparable.
 """
 
 from __future__ import annotations
@@ -50,9 +50,8 @@ import json
 import queue
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -60,8 +59,9 @@ from django.conf import settings
 from apps.knowledge.pipeline.types import PipelineError
 
 CONTENT_MAX_BYTES = 65535
-# BM25 analyzer: jieba for Chinese (and whitespace-separated latin), lower-cased, with the
-# commonest function words dropped so "how do I ..." does not match everything.
+# BM25 (apps/knowledge/bm25.py): jieba for Chinese (and whitespace-separated latin),
+# lower-cased, with the commonest function words dropped so "how do I ..." does not match
+# everything.
 BM25_STOP_WORDS = [
     "a",
     "an",
@@ -128,10 +128,9 @@ BM25_STOP_WORDS = [
     "怎么",
     "如何",
 ]
-ANALYZER_PARAMS = {
-    "tokenizer": "jieba",
-    "filter": ["lowercase", {"type": "stop", "stop_words": BM25_STOP_WORDS}],
-}
+# The sparse vector of a chunk without BM25 terms (only emoji, say): Milvus refuses empty
+# ones, and no query weighs this dimension (bm25.MAX_TERM_ID is below it).
+NO_TERMS = {2**32 - 2: 1.0}
 # The lock is a lease: held for LOCK_LEASE seconds at a time and renewed by the holder
 # while it writes (up to MILVUS_WRITE_LOCK_TIMEOUT in all), so a writer killed while
 # holding it (SIGKILL, OOM) blocks the others for seconds, not minutes.
@@ -162,6 +161,7 @@ class VectorRow:
     vector: list[float]
     content: str
     metadata: dict[str, Any]
+    sparse: dict[int, float] = field(default_factory=dict)  # bm25.document_vector(content, ...)
 
 
 def is_lite() -> bool:
@@ -297,7 +297,7 @@ def vector_write_lock() -> Iterator[None]:
 
 
 def _schema(dimension: int):
-    from pymilvus import DataType, Function, FunctionType, MilvusClient
+    from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.VARCHAR, max_length=100, is_primary=True)
@@ -305,23 +305,9 @@ def _schema(dimension: int):
     schema.add_field("document_id", DataType.VARCHAR, max_length=36)
     schema.add_field("chunk_id", DataType.VARCHAR, max_length=36)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
-    schema.add_field(
-        "content",
-        DataType.VARCHAR,
-        max_length=CONTENT_MAX_BYTES,
-        enable_analyzer=True,
-        analyzer_params=ANALYZER_PARAMS,
-    )
-    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_field("content", DataType.VARCHAR, max_length=CONTENT_MAX_BYTES)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)  # BM25 term weights (bm25.py)
     schema.add_field("metadata", DataType.JSON)
-    schema.add_function(
-        Function(
-            name="content_bm25",
-            function_type=FunctionType.BM25,
-            input_field_names=["content"],
-            output_field_names=["sparse"],
-        )
-    )
     return schema
 
 
@@ -333,7 +319,7 @@ def _index_params(client):
         params.add_index(
             field_name="vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
         )
-    params.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    params.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
     return params
 
 
@@ -349,7 +335,10 @@ def collection_ensure(*, dimension: int, tenant_key: str) -> str:
         if not client.has_collection(name):
             client.create_collection(name, schema=_schema(dimension), index_params=_index_params(client))
         else:
-            fields = {f["name"]: f for f in client.describe_collection(name)["fields"]}
+            description = client.describe_collection(name)
+            if _bm25_function_output(description):
+                raise _outdated(name)
+            fields = {f["name"]: f for f in description["fields"]}
             existing = int(fields["vector"]["params"]["dim"])
             if existing != dimension:
                 raise PipelineError(
@@ -363,6 +352,33 @@ def collection_ensure(*, dimension: int, tenant_key: str) -> str:
     _ensured.add((settings.MILVUS_URI, name, dimension))
     _existing.add((settings.MILVUS_URI, name))
     return name
+
+
+def _outdated(name: str) -> VectorStoreError:
+    return VectorStoreError(
+        f"The vector collection '{name}' was made by an earlier version: its BM25 is Milvus's function, "
+        "scored with per-segment statistics, not the tenant's. Point MILVUS_COLLECTION at a new collection "
+        "and run `manage.py reconcile_vectors`, which re-embeds every tenant's chunks into it; then drop the "
+        "old one.",
+        code="vector_collection_outdated",
+        transient=False,
+    )
+
+
+def _collection_outdated(name: str) -> bool:
+    """Whether collection ``name`` is of the BM25-function layout (False if it cannot be asked)."""
+    try:
+        return _bm25_function_output(_client().describe_collection(name))
+    except Exception:  # noqa: BLE001 - the caller re-raises its own error
+        return False
+
+
+def _bm25_function_output(description: dict) -> bool:
+    """Whether a collection's ``sparse`` field is filled by Milvus's BM25 function (the
+    layout before apps/knowledge/bm25.py)."""
+    if any("sparse" in (f.get("output_field_names") or []) for f in description.get("functions") or []):
+        return True
+    return any(f["name"] == "sparse" and f.get("is_function_output") for f in description["fields"])
 
 
 def collection_exists() -> bool:
@@ -446,9 +462,9 @@ def vectors_commit(*, tenant_key: str) -> bool:
 
     Milvus Lite re-reads unsealed rows, and rebuilds their BM25 index, on every search:
     2,000 of them cost 64 ms per dense and 172 ms per BM25 search, against 3.7 ms each
-    once sealed; a flush costs ~8 ms. Sealing every document instead would leave segments
-    too small for their own BM25 statistics (module docstring). The count of rows waiting
-    is kept in Redis per collection, changed only under the write lock."""
+    once sealed; a flush costs ~8 ms. (BM25 does not depend on segments: our weights carry
+    the tenant's statistics, see bm25.py.) The count of rows waiting is kept in Redis per
+    collection, changed only under the write lock."""
     if not is_lite():
         return False
 
@@ -491,6 +507,7 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
             "chunk_id": r.chunk_id,
             "vector": r.vector,
             "content": _content_fit(text_normalize(r.content)),
+            "sparse": r.sparse or NO_TERMS,
             "metadata": r.metadata,
         }
         for r in rows
@@ -507,8 +524,8 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
 
 
 class VectorWriter:
-    """Upserts a document's rows from a background thread, so that Milvus (BM25 analysis of
-    every chunk, in its own process) works while the caller embeds the next batch.
+    """Upserts a document's rows from a background thread, so that Milvus works while the
+    caller embeds the next batch.
 
     ``put(rows)`` queues rows (blocking while ``max_pending`` batches wait: memory stays
     bounded) and raises at once the error of an earlier upsert, so a document whose writes
@@ -705,15 +722,6 @@ def text_normalize(text: str) -> str:
     return _t2s().convert(text)
 
 
-def bm25_query_normalize(text: str) -> str:
-    """What a BM25 query is made of: ``text_normalize`` with punctuation and symbols turned
-    into spaces. jieba keeps them as tokens ("？", "“", "-"), and on a page where they are rare
-    they weigh like a rare word: a Chinese question over English passages matched English
-    FAQ pages on their quotation marks alone. Done on the query only, so no reindex."""
-    folded = text_normalize(text)
-    return "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in folded)
-
-
 @functools.cache
 def jieba_tokenizer():
     """jieba's tokenizer, loaded once and quietly (it logs at DEBUG on first use)."""
@@ -780,19 +788,28 @@ def vectors_search_dense(
 
 
 def vectors_search_bm25(
-    *, tenant_key: str, text: str, limit: int, document_ids: list[str] | None = None
+    *, tenant_key: str, weights: dict[int, float], limit: int, document_ids: list[str] | None = None
 ) -> list[VectorHit]:
-    """Chunks by BM25 over the jieba-analysed content. Scores are only comparable within one
-    result list (Lite's are negative): compare them within the list (search.fuse divides by
-    the best one), never with a fixed threshold."""
-    query = bm25_query_normalize(text)
-    if not query.strip():
+    """Chunks by BM25: ``weights`` is the query's sparse vector (``bm25.query_vector``, read
+    in the tenant's schema by the caller: this runs in a pool thread without a database
+    connection). Scores are only comparable within one result list (Lite reports inner
+    products negated): compare them within the list (search.fuse divides by the best one),
+    never with a fixed threshold."""
+    if not weights:
         return []
-    return _search(
-        tenant_key=tenant_key,
-        data=[query],
-        anns_field="sparse",
-        limit=limit,
-        document_ids=document_ids,
-        params={"metric_type": "BM25"},
-    )
+    try:
+        return _search(
+            tenant_key=tenant_key,
+            data=[weights],
+            anns_field="sparse",
+            limit=limit,
+            document_ids=document_ids,
+            params={"metric_type": "IP"},
+        )
+    except VectorStoreError:
+        # An outdated collection (the writes refuse it in collection_ensure) takes no sparse
+        # query: say why instead of Milvus's message. Only asked after a failure.
+        name = collection_name(tenant_key=tenant_key)
+        if _collection_outdated(name):
+            raise _outdated(name) from None
+        raise

@@ -327,8 +327,8 @@ MILVUS_COLLECTION = env("MILVUS_COLLECTION", default="document_vectors")
 MILVUS_TIMEOUT = env.float("MILVUS_TIMEOUT", default=10.0)
 MILVUS_WRITE_LOCK_TIMEOUT = env.int("MILVUS_WRITE_LOCK_TIMEOUT", default=300)
 # Lite: a tenant's collection is sealed (flushed) at the end of a document once this many
-# rows await it (vectorstore.vectors_commit). 1 = every document, the measured best: larger
-# values left topic-homogeneous unsealed pools whose own BM25 statistics cost recall.
+# rows await it (vectorstore.vectors_commit). 1 = every document: Lite re-reads unsealed rows
+# on every search. (BM25 no longer depends on segments: apps/knowledge/bm25.py.)
 MILVUS_LITE_SEAL_ROWS = env.int("MILVUS_LITE_SEAL_ROWS", default=1)
 
 # --------------------------------------------------------------------------------------

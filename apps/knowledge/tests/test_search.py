@@ -20,6 +20,7 @@ from django_tenants.utils import schema_context
 from apps.billing.models import UsageRecord
 from apps.core.exceptions import ValidationFailed
 from apps.knowledge import services
+from apps.knowledge.bm25 import query_vector as bm25_query_vector
 from apps.knowledge.models import Document
 from apps.knowledge.search import SearchFilters
 from apps.knowledge.tests.search_corpus import (
@@ -495,7 +496,9 @@ class TestIsolation:
         vector = get_embedder().embed(["Quillfeather badge"])[0]
         key = tenant_key_of("globex")
         dense = vectors_search_dense(tenant_key=key, vector=vector, limit=50)
-        bm25 = vectors_search_bm25(tenant_key=key, text="Quillfeather badge", limit=50)
+        with schema_context("globex"):
+            weights = bm25_query_vector("Quillfeather badge")
+        bm25 = vectors_search_bm25(tenant_key=key, weights=weights, limit=50)
         assert theirs.id in {h.document_id for h in dense}
         assert {h.document_id for h in bm25} == {theirs.id}
         assert mine.id not in {h.document_id for h in dense + bm25}

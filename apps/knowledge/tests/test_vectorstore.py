@@ -8,6 +8,8 @@ import uuid
 import pytest
 
 from apps.knowledge import vectorstore
+from apps.knowledge.bm25 import analyze, document_vector
+from apps.knowledge.pipeline.types import PipelineError
 from apps.knowledge.vectorstore import (
     VectorRow,
     collection_drop,
@@ -42,9 +44,15 @@ def rows(document_id: str, texts: list[str]) -> list[VectorRow]:
             vector=[1.0] + [0.0] * (DIMENSION - 1),
             content=text,
             metadata={"n": n},
+            sparse=document_vector(text, avgdl=10.0),
         )
         for n, text in enumerate(texts)
     ]
+
+
+def weights(query: str) -> dict[int, float]:
+    """A BM25 query's sparse vector with every term weighing 1 (no IDF: no database here)."""
+    return dict.fromkeys(analyze(query)[0], 1.0)
 
 
 def names() -> set[str]:
@@ -64,7 +72,7 @@ def test_each_tenant_gets_a_collection_of_its_own_and_sees_only_its_rows(own_col
     assert own_collection not in names()  # nothing is written to the base name on Lite
     for key, mine in ((acme, "a" * 36), (globex, "g" * 36)):
         dense = vectors_search_dense(tenant_key=key, vector=[1.0] + [0.0] * (DIMENSION - 1), limit=10)
-        bm25 = vectors_search_bm25(tenant_key=key, text="X200 router", limit=10)
+        bm25 = vectors_search_bm25(tenant_key=key, weights=weights("X200 router"), limit=10)
         assert [h.document_id for h in dense] == [mine] == [h.document_id for h in bm25]
         assert vectors_count(tenant_key=key) == 1
 
@@ -73,7 +81,7 @@ def test_a_tenant_without_vectors_has_no_collection_and_finds_nothing(own_collec
     nobody = str(uuid.uuid4())
 
     assert vectors_search_dense(tenant_key=nobody, vector=[1.0] * DIMENSION, limit=5) == []
-    assert vectors_search_bm25(tenant_key=nobody, text="router", limit=5) == []
+    assert vectors_search_bm25(tenant_key=nobody, weights=weights("router"), limit=5) == []
     assert vectors_count(tenant_key=nobody) == 0
     vectors_commit(tenant_key=nobody)  # nothing to seal: no error, no collection made
     assert collection_name(tenant_key=nobody) not in names()
@@ -152,4 +160,54 @@ def test_a_collection_is_sealed_once_enough_rows_wait(own_collection, settings, 
     assert vectors_commit(tenant_key=globex) is False
 
     assert vectors_count(tenant_key=acme) == 4 and vectors_count(tenant_key=globex) == 2
-    assert [h.document_id for h in vectors_search_bm25(tenant_key=acme, text="four", limit=5)] == ["c" * 36]
+    assert [h.document_id for h in vectors_search_bm25(tenant_key=acme, weights=weights("four"), limit=5)] == ["c" * 36]
+
+
+def test_a_collection_made_with_milvus_bm25_function_is_refused_not_mixed(own_collection):
+    """Collections of the layout before apps/knowledge/bm25.py: ``sparse`` was the output of
+    Milvus's BM25 function (per-segment statistics). Our weights must not be written beside
+    them nor searched with them: the write path says what to do instead."""
+    from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+    acme = str(uuid.uuid4())
+    name = collection_name(tenant_key=acme)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, max_length=100, is_primary=True)
+    schema.add_field("tenant_id", DataType.VARCHAR, max_length=64)
+    schema.add_field("document_id", DataType.VARCHAR, max_length=36)
+    schema.add_field("chunk_id", DataType.VARCHAR, max_length=36)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIMENSION)
+    schema.add_field("content", DataType.VARCHAR, max_length=65535, enable_analyzer=True)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_function(
+        Function(
+            name="content_bm25",
+            function_type=FunctionType.BM25,
+            input_field_names=["content"],
+            output_field_names=["sparse"],
+        )
+    )
+    client = vectorstore._client()
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
+    params.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    client.create_collection(name, schema=schema, index_params=params)
+
+    with pytest.raises(PipelineError) as caught:
+        vectors_upsert(tenant_key=acme, rows=rows("a" * 36, ["Reset the X200 router."]), dimension=DIMENSION)
+    assert caught.value.code == "vector_collection_outdated" and not caught.value.transient
+    assert "MILVUS_COLLECTION" in caught.value.message and "reconcile_vectors" in caught.value.message
+    assert vectors_count(tenant_key=acme) == 0  # nothing was written
+    with pytest.raises(PipelineError) as caught:  # nor searched with our weights
+        vectors_search_bm25(tenant_key=acme, weights=weights("X200 router"), limit=5)
+    assert caught.value.code == "vector_collection_outdated"
+
+
+def test_a_new_collection_holds_our_sparse_weights_under_the_ip_metric(own_collection):
+    acme = str(uuid.uuid4())
+    vectors_upsert(tenant_key=acme, rows=rows("a" * 36, ["Reset the X200 router."]), dimension=DIMENSION)
+    description = vectorstore._client().describe_collection(collection_name(tenant_key=acme))
+    assert not description.get("functions")
+    indexes = vectorstore._client().describe_index(collection_name(tenant_key=acme), "sparse")
+    assert indexes["metric_type"] == "IP"

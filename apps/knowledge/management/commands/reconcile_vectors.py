@@ -41,6 +41,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{tenant.schema_name}: {report.documents_checked} documents checked, "
                 f"{verb}restore {report.vectors_restored} vectors, {verb}remove {report.vectors_removed}"
+                + (f", {verb}analyse {report.chunks_analysed} chunks for BM25" if report.chunks_analysed else "")
                 + (f" (documents: {', '.join(report.documents_repaired)})" if report.documents_repaired else "")
             )
             total["restored"] += report.vectors_restored
