@@ -338,15 +338,13 @@ def conversation_ask(
         user_message.metadata["standalone_question"] = standalone
         user_message.save(update_fields=["metadata", "updated_at"])
 
-    from apps.knowledge.pipeline.embed import get_embedder
-    from apps.knowledge.search import MAX_QUERY_CHARS, chunk_search
-    from apps.knowledge.vectorstore import text_normalize
+    from apps.knowledge.search import MAX_QUERY_CHARS, chunk_search, query_embedding
 
     t = time.perf_counter()
     query = standalone[:MAX_QUERY_CHARS].strip()  # a question may be longer than a search query
     # Embedded once, here: the search uses it (unless its cache answers) and so does the
     # extractive answer, to rank the passages' sentences.
-    query_vector = get_embedder().embed([text_normalize(query)])[0]
+    query_vector = query_embedding(query)
     result = chunk_search(
         tenant=_current_tenant(),
         query=query,

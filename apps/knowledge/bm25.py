@@ -59,20 +59,42 @@ def term_id(term: str) -> int:
     return min(zlib.crc32(term.encode("utf-8")), MAX_TERM_ID)
 
 
-@functools.lru_cache(maxsize=2048)
-def analyze(text: str) -> tuple[tuple[int, ...], int]:
-    """(term ids, one per token, in order; length) of a chunk or a query, as BM25 sees it.
-    Cached: the index stage weights a chunk's terms and the swap-in stores them."""
-    from apps.knowledge.vectorstore import BM25_STOP_WORDS, jieba_tokenizer, text_normalize
+def _tokens(text: str) -> list[str]:
+    """jieba's ``cut_for_search`` tokens of ``text`` as given, lower-cased; blanks and tokens
+    without a letter, digit or CJK character dropped. Stop words are the caller's choice."""
+    from apps.knowledge.vectorstore import jieba_tokenizer
+
+    out = []
+    for token in jieba_tokenizer().cut_for_search(text):
+        token = token.strip().lower()
+        if token and _MEANINGFUL.search(token):
+            out.append(token)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def query_tokens(text: str) -> tuple[str, ...]:
+    """``_tokens`` of a query, cached: one search needs the folded query's tokens twice, for
+    its BM25 weights (``query_vector``) and for highlighting (``search._query_terms``)."""
+    return tuple(_tokens(text))
+
+
+def _ids(tokens: Iterable[str]) -> tuple[int, ...]:
+    from apps.knowledge.vectorstore import BM25_STOP_WORDS
 
     stop = _stop_words(tuple(BM25_STOP_WORDS))
-    ids = []
-    for token in jieba_tokenizer().cut_for_search(text_normalize(text)):
-        token = token.strip().lower()
-        if not token or token in stop or not _MEANINGFUL.search(token):
-            continue
-        ids.append(term_id(token))
-    return tuple(ids), len(ids)
+    return tuple(term_id(token) for token in tokens if token not in stop)
+
+
+@functools.lru_cache(maxsize=2048)
+def analyze(text: str) -> tuple[tuple[int, ...], int]:
+    """(term ids, one per token, in order; length) of a chunk, as BM25 sees it: OpenCC t2s,
+    then ``_tokens``, stop words dropped. Cached: the index stage weights a chunk's terms and
+    the swap-in stores them. A query goes through ``query_tokens`` instead (same analysis)."""
+    from apps.knowledge.vectorstore import text_normalize
+
+    ids = _ids(_tokens(text_normalize(text)))
+    return ids, len(ids)
 
 
 @functools.cache
@@ -132,7 +154,9 @@ def idf(*, df: int, chunks: int) -> float:
 def query_vector(query: str) -> dict[int, float]:
     """The query's sparse vector for the current tenant: IDF × count per term (empty when no
     term is left, e.g. only stop words). One indexed lookup in the tenant's schema."""
-    ids, _ = analyze(query)
+    from apps.knowledge.vectorstore import text_normalize
+
+    ids = _ids(query_tokens(text_normalize(query)))
     if not ids:
         return {}
     tf = Counter(ids)

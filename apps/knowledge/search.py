@@ -183,18 +183,17 @@ STOPWORDS = frozenset([*BM25_STOP_WORDS, *["多少", "几", "哪", "哪些", "�
 
 
 def _query_terms(query: str) -> list[str]:
-    """The query's meaningful terms (jieba, both scripts), longest first, for highlighting."""
-    from apps.knowledge.vectorstore import jieba_tokenizer, text_normalize
+    """The query's meaningful terms (jieba, both scripts), longest first, for highlighting.
+    The folded variant's tokens are the ones its BM25 weights were made from (cached)."""
+    from apps.knowledge.bm25 import query_tokens
+    from apps.knowledge.vectorstore import text_normalize
 
-    terms = set()
-    for variant in {query, text_normalize(query)}:
-        for token in jieba_tokenizer().cut_for_search(variant):
-            token = token.strip().lower()
-            if not token or token in STOPWORDS or re.fullmatch(r"[\W_]+", token):
-                continue
-            if len(token) < 2:
-                continue
-            terms.add(token)
+    terms = {
+        token
+        for variant in {query, text_normalize(query)}
+        for token in query_tokens(variant)
+        if token not in STOPWORDS and len(token) >= 2
+    }
     return sorted(terms, key=len, reverse=True)
 
 
@@ -258,7 +257,7 @@ def chunk_search(
     query_vector: list[float] | None = None,
 ) -> SearchResult:
     """Search the tenant's indexed chunks. See the module docstring. ``query_vector``: the
-    query's embedding, ``embed([text_normalize(query)])``, when the caller has computed it
+    query's embedding (``query_embedding(query)``) when the caller has computed it
     already (chat reuses it to compose the answer); it is not part of the cache key."""
     if connection.schema_name != tenant.schema_name:
         with schema_context(tenant.schema_name):
@@ -330,9 +329,8 @@ def search_candidates(
     own wall time; ``milvus_ms`` how long Milvus kept this search waiting beyond the
     embedding (sequential: dense + BM25; hybrid: max(embed + dense, BM25) − embed)."""
     from apps.knowledge.bm25 import query_vector as bm25_query_vector
-    from apps.knowledge.pipeline.embed import get_embedder
     from apps.knowledge.services import tenant_key
-    from apps.knowledge.vectorstore import text_normalize, vectors_search_bm25, vectors_search_dense
+    from apps.knowledge.vectorstore import vectors_search_bm25, vectors_search_dense
 
     timings = {"embed_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
     key = tenant_key()
@@ -347,7 +345,7 @@ def search_candidates(
     try:
         if mode in ("dense", "hybrid"):
             t = time.perf_counter()
-            vector = query_vector if query_vector is not None else get_embedder().embed([text_normalize(query)])[0]
+            vector = query_vector if query_vector is not None else query_embedding(query)
             timings["embed_ms"] = (time.perf_counter() - t) * 1000
             dense_hits, timings["dense_ms"] = _timed(
                 vectors_search_dense, tenant_key=key, vector=vector, limit=limit, document_ids=document_ids
@@ -361,6 +359,16 @@ def search_candidates(
             bm25_future.cancel()  # only if it never started (the embedding failed first)
     timings["milvus_ms"] = max(0.0, (time.perf_counter() - started) * 1000 - timings["embed_ms"])
     return dense_hits, bm25_hits, timings
+
+
+def query_embedding(query: str) -> list[float]:
+    """The query's dense vector, as ``chunk_search`` makes it (Traditional Chinese folded
+    first); a caller that needs it too (chat) makes it here and passes it as
+    ``query_vector``, so the question is embedded once."""
+    from apps.knowledge.pipeline.embed import get_embedder
+    from apps.knowledge.vectorstore import text_normalize
+
+    return get_embedder().embed([text_normalize(query)])[0]
 
 
 def _timed(function: Any, **kwargs: Any) -> tuple[Any, float]:
