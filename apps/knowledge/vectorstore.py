@@ -506,7 +506,7 @@ def vectors_upsert(*, tenant_key: str, rows: list[VectorRow], dimension: int) ->
             "document_id": r.document_id,
             "chunk_id": r.chunk_id,
             "vector": r.vector,
-            "content": _content_fit(text_normalize(r.content)),
+            "content": _content_fit(r.content),  # as stored in PostgreSQL: nothing analyses it here
             "sparse": r.sparse or NO_TERMS,
             "metadata": r.metadata,
         }
