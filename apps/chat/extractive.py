@@ -40,15 +40,46 @@ class Candidate:
     score: float = 0.0
 
 
+_LIST_ITEM = re.compile(r"^(?:\d{1,3}[.)、]|[-*•·▪–])\s*")
+_LINE_ENDS_SENTENCE = re.compile(r"[.!?。！？；;:：]['\"”’)）]*$")
+
+
+def _is_table_row(line: str) -> bool:
+    return "|" in line and line.count("|") >= 2
+
+
+def _lines(text: str) -> list[str]:
+    """The passage's lines, with hard-wrapped ones joined again: PDF text breaks a sentence
+    at every line of the page ("2The flight control system for 737 MAX airplanes" /
+    "includes two flight control computers, ..."). A line continues the one before unless
+    that one ends a sentence, a blank line or a table row comes between, or the line starts
+    a list item. The first line (the chunk's heading path, when it has one) stays alone."""
+    lines: list[str] = []
+    joinable = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            joinable = False
+            continue
+        if _is_table_row(line):
+            lines.append(line)
+            joinable = False
+            continue
+        if joinable and not _LIST_ITEM.match(line) and not _LINE_ENDS_SENTENCE.search(lines[-1]):
+            glue = "" if CJK.match(lines[-1][-1]) and CJK.match(line[0]) else " "
+            lines[-1] += glue + line
+        else:
+            lines.append(line)
+        joinable = len(lines) > 1
+    return lines
+
+
 def _sentences(text: str) -> list[str]:
     from apps.knowledge.pipeline.chunk import split_sentences
 
     out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if "|" in line and line.count("|") >= 2:  # a table row: keep whole
+    for line in _lines(text):
+        if _is_table_row(line):  # a table row: keep whole
             out.append(line)
             continue
         out.extend(s.strip() for s in split_sentences(line) if s.strip())

@@ -93,3 +93,44 @@ def test_a_chunks_title_line_is_never_the_answer(db):
     text, _ = compose(question="How do I reset the X200 router?", sources=[{"number": 1, "text": passage, "rank": 1}])
 
     assert text.startswith("To restore factory settings") and "User Manual" not in text
+
+
+def test_a_hard_wrapped_pdf_sentence_is_quoted_whole(db):
+    """PDF text breaks sentences at every line of the page; the answer must not be the
+    first line of one ("2The flight control system for 737 MAX airplanes [1]")."""
+    from apps.chat.extractive import compose
+
+    passage = (
+        "Federal Register / Vol. 85, No. 152\n"
+        "2The flight control system for 737 MAX airplanes \n"
+        "includes two flight control computers, FCC A and \n"
+        "FCC B, which process inputs from the pilots and \n"
+        "aircraft sensors to move the airplane's control \n"
+        "surfaces.\n"
+        "• Fax: 202-493-2251.\n"
+        "• Mail: U.S. Department of\n"
+        "Transportation, Docket Operations."
+    )
+
+    text, cited = compose(
+        question="Which flight control computers does the 737 MAX have?",
+        sources=[{"number": 1, "text": passage, "rank": 1}],
+    )
+
+    assert cited == [1]
+    assert "includes two flight control computers, FCC A and FCC B, which process inputs" in text
+    assert text.startswith("2The flight control system for 737 MAX airplanes includes")
+
+
+def test_list_items_and_table_rows_stay_apart(db):
+    from apps.chat.extractive import _sentences
+
+    passage = (
+        "Steps\n1. Connect the WAN port to the modem.\n2. Power on the router\nE1001 | No WAN link | Check the cable."
+    )
+
+    sentences = _sentences(passage)
+
+    assert "E1001 | No WAN link | Check the cable." in sentences
+    assert not any("modem. 2" in s or "router E1001" in s for s in sentences)
+    assert any(s.startswith("Power on the router") for s in sentences)
