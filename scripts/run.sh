@@ -33,6 +33,10 @@ export MILVUS_URI=${MILVUS_URI:-http://127.0.0.1:$MILVUS_PORT}
 
 .venv/bin/python manage.py platform_migrate
 .venv/bin/python manage.py demo_bootstrap --port "$PORT"
+# Chunks whose vectors this Milvus does not hold (var/milvus wiped, a new MILVUS_COLLECTION,
+# the collection layout changed) are re-embedded now, with a progress bar; nothing to do is
+# quick. Without it those documents would show "indexed" and never be found.
+.venv/bin/python manage.py reconcile_vectors
 
 .venv/bin/celery -A config worker --loglevel=INFO >var/log/worker.log 2>&1 &
 pids+=($!)
