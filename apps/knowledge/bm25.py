@@ -41,6 +41,10 @@ from collections import Counter
 from collections.abc import Iterable
 
 from django.db import connection
+from psycopg.types.numeric import Int8
+
+from apps.core.db import fetchall_prepared, qualified
+from apps.knowledge.models import Bm25Term
 
 K1 = 1.2  # Milvus's defaults for its BM25 function
 B = 0.75
@@ -131,9 +135,10 @@ def counts_lock_key() -> str:
 
 
 def _counts(terms: Iterable[int]) -> dict[int, int]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT term, count FROM knowledge_bm25term WHERE term = ANY(%s)", [list(terms)])
-        return dict(cursor.fetchall())
+    """{term: count} of these rows of the tenant's statistics; a prepared statement (every
+    search runs it: apps.core.db), its ids as bigint whatever their size, so one statement."""
+    sql = f"SELECT term, count FROM {qualified(Bm25Term._meta.db_table)} WHERE term = ANY(%s)"
+    return dict(fetchall_prepared(sql, [[Int8(term) for term in terms]]))
 
 
 def tenant_avgdl(*, texts: Iterable[str] = ()) -> float:

@@ -27,6 +27,7 @@ from django.core.cache import cache
 from django.db import connection
 from django_tenants.utils import schema_context
 
+from apps.core.db import fetchall_prepared, qualified
 from apps.core.exceptions import ValidationFailed
 from apps.knowledge.models import Document, DocumentChunk
 from apps.knowledge.vectorstore import BM25_STOP_WORDS
@@ -201,13 +202,67 @@ def highlight(text: str, terms: list[str]) -> str:
     """HTML-escaped text with the query's terms wrapped in <mark> (latin terms on word
     boundaries, so "to" does not light up "restore"). Terms are looked for in the raw text,
     so never inside an entity that escaping made ("amp" must not mark "&amp;"), folded to
-    Simplified when that keeps its length, so a query in either script marks the other."""
+    Simplified when that keeps its length, so a query in either script marks the other.
+
+    Matches as ``re`` would with the terms as one case-insensitive alternation, longest
+    first (leftmost match; at one position the first term that fits; the scan resumes after
+    it), but found with ``str.find``: compiling that alternation cost about 0.5 ms per
+    search, as every query makes a pattern of its own (bench/README.md, search latency)."""
     from apps.knowledge.vectorstore import text_normalize
 
     if not terms:
         return html.escape(text)
-    folded = text_normalize(text)
-    haystack = folded if len(folded) == len(text) else text
+    haystack = text
+    if not all(t.isascii() for t in terms):  # folding only matters to CJK terms
+        folded = text_normalize(text)
+        haystack = folded if len(folded) == len(text) else text
+    lowered = haystack.lower()
+    if len(lowered) != len(haystack):  # a character whose lower case is longer (İ): rare
+        return _highlight_regex(text, haystack, terms)
+    spans = _term_spans(lowered, terms)
+    out, last = [], 0
+    for start, end in spans:
+        out.append(html.escape(text[last:start]))
+        out.append(f"<mark>{html.escape(text[start:end])}</mark>")
+        last = end
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"  # re's \w on str
+
+
+def _term_spans(lowered: str, terms: list[str]) -> list[tuple[int, int]]:
+    """The (start, end) of each match in ``lowered``, left to right, without overlaps."""
+    found: dict[int, int] = {}  # start → end of the first term (in ``terms`` order) there
+    size = len(lowered)
+    for term in terms:
+        needle = term.lower()
+        if not needle:
+            continue
+        bounded = term.isascii()
+        at = lowered.find(needle)
+        while at != -1:
+            end = at + len(needle)
+            if at not in found and (
+                not bounded
+                or (
+                    (at == 0 or _is_word(lowered[at - 1]) != _is_word(needle[0]))
+                    and (end == size or _is_word(lowered[end]) != _is_word(needle[-1]))
+                )
+            ):
+                found[at] = end
+            at = lowered.find(needle, at + 1)
+    spans, last = [], 0
+    for start in sorted(found):
+        if start >= last:
+            spans.append((start, found[start]))
+            last = found[start]
+    return spans
+
+
+def _highlight_regex(text: str, haystack: str, terms: list[str]) -> str:
     parts = [rf"\b{re.escape(t)}\b" if t.isascii() else re.escape(t) for t in terms]
     pattern = re.compile("|".join(parts), re.IGNORECASE)
     out, last = [], 0
@@ -219,21 +274,49 @@ def highlight(text: str, terms: list[str]) -> str:
     return "".join(out)
 
 
-def _shingles(text: str) -> set[str]:
-    norm = re.sub(r"\s+", "", text.lower())
-    return {norm[i : i + 5] for i in range(max(1, len(norm) - 4))}
+class _Passage:
+    """A hit's text as the near-duplicate check sees it: lower-cased, blanks removed; its
+    5-character shingles are made when a comparison first needs them."""
+
+    __slots__ = ("content_hash", "norm", "_shingles")
+
+    def __init__(self, content: str, content_hash: str) -> None:
+        self.content_hash = content_hash
+        self.norm = _BLANKS.sub("", content.lower())
+        self._shingles: set[str] | None = None
+
+    @property
+    def shingles(self) -> set[str]:
+        if self._shingles is None:
+            norm = self.norm
+            self._shingles = {norm[i : i + 5] for i in range(max(1, len(norm) - 4))}
+        return self._shingles
 
 
-def _near_duplicate(a: set[str], b: set[str]) -> bool:
-    """Jaccard similarity of the shingle sets ≥ NEAR_DUPLICATE_JACCARD. It can be no more
-    than the smaller set's size over the larger's, so passages of clearly different length
-    are told apart without intersecting (most pairs: this runs top_k² / 2 times a search)."""
-    if not a or not b:
+_BLANKS = re.compile(r"\s+")
+
+
+def _near_duplicate(a: _Passage, b: _Passage) -> bool:
+    """The same text, or Jaccard similarity of the shingle sets ≥ NEAR_DUPLICATE_JACCARD
+    between passages whose normalised lengths are within that ratio of each other.
+
+    The Jaccard similarity can be no more than the smaller set's size over the larger's, and
+    a passage has about as many distinct shingles as characters, so passages of clearly
+    different length are told apart from their lengths alone, before any shingle is made
+    (most pairs: this runs up to top_k² / 2 times a search, and making the shingles was
+    most of its cost). Only highly repetitive text (a table of identical cells) has far
+    fewer shingles than characters; two of those of different lengths stay two passages."""
+    if a.content_hash == b.content_hash:
+        return True
+    if not a.norm or not b.norm:
         return False
-    if min(len(a), len(b)) < NEAR_DUPLICATE_JACCARD * max(len(a), len(b)):
+    if min(len(a.norm), len(b.norm)) < NEAR_DUPLICATE_JACCARD * max(len(a.norm), len(b.norm)):
         return False
-    common = len(a & b)
-    return common / (len(a) + len(b) - common) >= NEAR_DUPLICATE_JACCARD
+    sa, sb = a.shingles, b.shingles
+    if min(len(sa), len(sb)) < NEAR_DUPLICATE_JACCARD * max(len(sa), len(sb)):
+        return False
+    common = len(sa & sb)
+    return common / (len(sa) + len(sb) - common) >= NEAR_DUPLICATE_JACCARD
 
 
 def _cache_key(query: str, top_k: int, filters: SearchFilters, mode: str, conf: dict) -> str:
@@ -325,19 +408,24 @@ def search_candidates(
     touches the database (a pool thread would open a connection of its own, outside this
     tenant's schema).
 
-    Timings: ``embed_ms`` the query embedding; ``dense_ms`` and ``bm25_ms`` each search's
-    own wall time; ``milvus_ms`` how long Milvus kept this search waiting beyond the
-    embedding (sequential: dense + BM25; hybrid: max(embed + dense, BM25) − embed)."""
+    Timings: ``embed_ms`` the query embedding; ``sparse_ms`` the query's BM25 weights, its
+    sparse embedding (jieba, and the IDF of its terms from the tenant's statistics: one SQL
+    statement), the work Milvus's BM25 function did inside Milvus before BM25 became ours
+    (``bm25``); ``dense_ms`` and ``bm25_ms`` each search's own wall time; ``milvus_ms`` how
+    long Milvus kept this search waiting beyond the embedding (sequential: dense + BM25;
+    hybrid: max(embed + dense, BM25) − embed)."""
     from apps.knowledge.bm25 import query_vector as bm25_query_vector
     from apps.knowledge.services import tenant_key
     from apps.knowledge.vectorstore import vectors_search_bm25, vectors_search_dense
 
-    timings = {"embed_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
+    timings = dict(_NO_TIMINGS)
     key = tenant_key()
     dense_hits, bm25_hits = [], []
     bm25_args = {"tenant_key": key, "limit": limit, "document_ids": document_ids}
-    if mode in ("bm25", "hybrid"):  # our own work (overhead), not Milvus's
+    if mode in ("bm25", "hybrid"):
+        t = time.perf_counter()
         bm25_args["weights"] = bm25_query_vector(query)
+        timings["sparse_ms"] = (time.perf_counter() - t) * 1000
     started = time.perf_counter()
     bm25_future: Future | None = None
     if mode == "hybrid":
@@ -359,6 +447,9 @@ def search_candidates(
             bm25_future.cancel()  # only if it never started (the embedding failed first)
     timings["milvus_ms"] = max(0.0, (time.perf_counter() - started) * 1000 - timings["embed_ms"])
     return dense_hits, bm25_hits, timings
+
+
+_NO_TIMINGS = {"embed_ms": 0.0, "sparse_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
 
 
 def query_embedding(query: str) -> list[float]:
@@ -410,6 +501,8 @@ def fuse(dense_hits: list[Any], bm25_hits: list[Any], conf: dict) -> list[tuple[
     many of them) it adds about the same to every candidate and dense decides; where BM25
     has a clear winner, it wins.
     ``rrf``: weighted reciprocal-rank fusion, ``weight / (rrf_k + rank)`` per list."""
+    if not dense_hits or not bm25_hits:  # one list (dense or bm25 mode): its own order, as it came
+        return _fuse_single(dense_hits or bm25_hits, is_bm25=not dense_hits, conf=conf)
     fused: dict[str, float] = {}
     dense_rank = {h.id: i + 1 for i, h in enumerate(dense_hits)}
     lists = ((dense_hits, float(conf["dense_weight"])), (bm25_hits, float(conf["bm25_weight"])))
@@ -429,6 +522,19 @@ def fuse(dense_hits: list[Any], bm25_hits: list[Any], conf: dict) -> list[tuple[
     return [(cid, fused[cid]) for cid in order]
 
 
+def _fuse_single(hits: list[Any], *, is_bm25: bool, conf: dict) -> list[tuple[str, float]]:
+    """``fuse`` of a single list, without sorting: Milvus returns it best first, and the
+    fused score is a decreasing function of the list's own score or rank (ties keep the
+    list's order, as the sort in ``fuse`` does)."""
+    weight = float(conf["bm25_weight" if is_bm25 else "dense_weight"])
+    if conf["fusion"] == "rrf":
+        k = float(conf["rrf_k"])
+        return [(hit.id, weight / (k + rank)) for rank, hit in enumerate(hits, start=1)]
+    scores = [max(abs(h.score) if is_bm25 else h.score, 0.0) for h in hits]
+    best = max(scores, default=0.0)
+    return [(hit.id, weight * score / best if best > 0.0 else 0.0) for hit, score in zip(hits, scores, strict=True)]
+
+
 def _search_uncached(
     *,
     query: str,
@@ -441,7 +547,7 @@ def _search_uncached(
 ) -> SearchResult:
     allowed = _allowed_documents(filters)
     if allowed is not None and not allowed:
-        timings = {"embed_ms": 0.0, "milvus_ms": 0.0, "dense_ms": 0.0, "bm25_ms": 0.0}
+        timings = dict(_NO_TIMINGS)
         return SearchResult(query=query, mode=mode, top_k=top_k, hits=[], timings=_finish(timings, started))
     dense_hits, bm25_hits, timings = search_candidates(
         query=query, mode=mode, limit=candidate_limit(top_k, conf), document_ids=allowed, query_vector=query_vector
@@ -463,12 +569,12 @@ def hits_rank(*, query: str, top_k: int, dense_hits: list[Any], bm25_hits: list[
 
     terms = _query_terms(query)
     hits: list[SearchHit] = []
-    kept: list[tuple[str, set[str]]] = []
+    kept: list[_Passage] = []
     for chunk_id, chunk in _chunks_in_order(order, first=2 * top_k):
-        shingles = _shingles(chunk.content)
-        if any(h == chunk.content_hash or _near_duplicate(shingles, s) for h, s in kept):
+        passage = _Passage(chunk.content, chunk.content_hash)
+        if any(_near_duplicate(passage, other) for other in kept):
             continue
-        kept.append((chunk.content_hash, shingles))
+        kept.append(passage)
         meta = chunk.metadata
         hits.append(
             SearchHit(
@@ -508,7 +614,7 @@ class _ChunkRow:
 
 
 def _readback_sql() -> str:
-    chunk, document = DocumentChunk._meta.db_table, Document._meta.db_table
+    chunk, document = qualified(DocumentChunk._meta.db_table), qualified(Document._meta.db_table)
     return (
         f"SELECT c.id::text, c.content, c.content_hash, c.metadata, c.document_id::text, d.title, "
         f"d.original_name, d.file_type FROM {chunk} c JOIN {document} d ON d.id = c.document_id "
@@ -522,28 +628,27 @@ def _chunks_in_order(order: list[str], *, first: int) -> Iterator[tuple[str, _Ch
     its replacement went live. Read from PostgreSQL in slices (``first`` ids, then the rest),
     because the caller usually stops after top_k: the lists hold candidates × top_k ids.
 
-    One SQL statement of our own per slice, in the tenant's schema like any query here:
-    building the same query through the ORM (select_related, only, the model's ordering)
-    and instantiating 2 × top_k chunks and documents took about as long as the statement
-    itself, on every search (bench/README.md, search latency)."""
+    One SQL statement of our own per slice, prepared, on the tenant's schema named in it
+    (``apps.core.db``: planning its join was half of its time). Building the same query
+    through the ORM (select_related, only, the model's ordering) and instantiating
+    2 × top_k chunks and documents took about as long as the statement itself, on every
+    search (bench/README.md, search latency)."""
     sql = _readback_sql()
     start, size = 0, max(first, 1)
     while start < len(order):
         ids = order[start : start + size]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [ids, Document.Status.INDEXED])
-            found = {
-                row[0]: _ChunkRow(
-                    content=row[1],
-                    content_hash=row[2],
-                    metadata=(json.loads(row[3]) if isinstance(row[3], str) else row[3]) or {},
-                    document_id=row[4],
-                    title=row[5],
-                    original_name=row[6],
-                    file_type=row[7],
-                )
-                for row in cursor.fetchall()
-            }
+        found = {
+            row[0]: _ChunkRow(
+                content=row[1],
+                content_hash=row[2],
+                metadata=(json.loads(row[3]) if isinstance(row[3], str) else row[3]) or {},
+                document_id=row[4],
+                title=row[5],
+                original_name=row[6],
+                file_type=row[7],
+            )
+            for row in fetchall_prepared(sql, [ids, str(Document.Status.INDEXED)])
+        }
         for chunk_id in ids:
             if chunk_id in found:
                 yield chunk_id, found[chunk_id]
@@ -553,5 +658,5 @@ def _chunks_in_order(order: list[str], *, first: int) -> Iterator[tuple[str, _Ch
 def _finish(timings: dict[str, float], started: float) -> dict[str, float]:
     total = (time.perf_counter() - started) * 1000
     timings["total_ms"] = total
-    timings["overhead_ms"] = max(0.0, total - timings["embed_ms"] - timings["milvus_ms"])
+    timings["overhead_ms"] = max(0.0, total - timings["embed_ms"] - timings["sparse_ms"] - timings["milvus_ms"])
     return {k: round(v, 2) for k, v in timings.items()}

@@ -132,5 +132,12 @@ class SearchOutputSerializer(serializers.Serializer):
     mode = serializers.CharField()
     top_k = serializers.IntegerField()
     cached = serializers.BooleanField()
-    timings = serializers.DictField(child=serializers.FloatField())
+    timings = serializers.DictField(
+        child=serializers.FloatField(),
+        help_text=(
+            "Milliseconds: embed_ms (query embedding), sparse_ms (its BM25 weights), dense_ms and bm25_ms "
+            "(each Milvus search), milvus_ms (Milvus beyond the embedding), overhead_ms (the rest), total_ms. "
+            "A cached result has total_ms only."
+        ),
+    )
     hits = SearchHitSerializer(many=True)

@@ -150,7 +150,8 @@ class TestResponse:
             3,
             False,
         )
-        assert set(body["timings"]) == {"embed_ms", "milvus_ms", "dense_ms", "bm25_ms", "overhead_ms", "total_ms"}
+        timings = {"embed_ms", "sparse_ms", "milvus_ms", "dense_ms", "bm25_ms", "overhead_ms", "total_ms"}
+        assert set(body["timings"]) == timings
         assert 1 <= len(body["hits"]) <= 3
         hit = body["hits"][0]
         assert set(hit) == HIT_FIELDS

@@ -79,7 +79,7 @@ class TestSameResults:
                 dense, bm25, timings = search_module.search_candidates(query=query, mode="hybrid", limit=20)
                 assert dense == search_module.search_candidates(query=query, mode="dense", limit=20)[0]
                 assert bm25 == search_module.search_candidates(query=query, mode="bm25", limit=20)[1]
-                assert set(timings) == {"embed_ms", "milvus_ms", "dense_ms", "bm25_ms"}
+                assert set(timings) == {"embed_ms", "sparse_ms", "milvus_ms", "dense_ms", "bm25_ms"}
 
 
 class TestTenantAndDatabase:
