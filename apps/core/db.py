@@ -2,7 +2,8 @@
 
 A search sends two small statements of its own to PostgreSQL (the query terms' BM25
 statistics, and its chunks read back with their documents). Planning the read-back's join
-took about half of its 0.35 ms; prepared once per connection, it is planned once. Django
+took about half of its 0.35 ms; prepared on a connection that runs it often, it is planned
+once there. Django
 disables psycopg's prepared statements (``prepare_threshold=None``) to keep transaction
 poolers working; ``DATABASE_PREPARED_STATEMENTS`` (on by default) turns them back on for
 these statements only: Django's own cursors bind on the client and never prepare.
@@ -24,14 +25,17 @@ from django.db.backends.postgresql.base import ServerBindingCursor
 
 
 class _PreparingCursor(ServerBindingCursor):
-    """A server-binding cursor that prepares what it executes. ``logged``: keep the statement
-    where Django's debug wrapper reads it (psycopg records it only when it sends a statement
-    unprepared), so captured queries and DEBUG's ``connection.queries`` show it."""
+    """A server-binding cursor: psycopg prepares a statement once it has run it
+    ``prepare_threshold`` times on the connection (5; ``DATABASE_PREPARED_STATEMENTS``).
+    Not at once: preparing costs a round trip of its own, which a tenant searched once in a
+    while would pay for nothing. ``logged``: keep the statement where Django's debug wrapper
+    reads it (psycopg records it only when it sends a statement unprepared), so captured
+    queries and DEBUG's ``connection.queries`` show it."""
 
     logged = False
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None):
-        super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
+        super().execute(query, params, prepare=prepare, binary=binary)
         if self.logged and self._query is None:
             self._query = self._convert_query(query, params)
         return self
