@@ -96,6 +96,53 @@ def evaluate(rows: list[dict], passage: dict[str, str], conf: dict, mode: str) -
     return metrics(ranked, [row["gold"] for row in rows])
 
 
+def passage_id(key: str) -> str:
+    """A passage key without its corpus: ``xquad-en/xquad_000_00`` → ``xquad_000_00``. The
+    two XQuAD corpora are translations of each other under the same ids."""
+    return key.split("/", 1)[-1]
+
+
+def evaluate_translations(rows: list[dict], passage: dict[str, str], mode: str) -> dict[str, float]:
+    """``evaluate`` with the default settings, a passage counting as the gold when it is the
+    gold or a translation of it (the same id in another corpus)."""
+    depth = candidate_limit(TOP_K, DEFAULT_SEARCH_SETTINGS)
+    ranked = []
+    for row in rows:
+        dense = hits(row["dense"][:depth]) if mode in ("dense", "hybrid") else []
+        bm25 = hits(row["bm25"][:depth]) if mode in ("bm25", "hybrid") else []
+        ranked.append([passage_id(passage[cid]) for cid, _ in fuse(dense, bm25, DEFAULT_SEARCH_SETTINGS)[:TOP_K]])
+    return metrics(ranked, [[passage_id(g) for g in row["gold"]] for row in rows])
+
+
+def is_chinese_corpus(key: str) -> bool:
+    return key.split("/", 1)[0].endswith("-zh")
+
+
+def evaluate_other_script(rows: list[dict], passage: dict[str, str], *, chinese_questions: bool, lam: float):
+    """Default score fusion, except that a passage in the other language than the question
+    (by its corpus) gets, for BM25, max(its BM25 share, lam × its dense share): BM25 cannot
+    see it, so its absence from BM25's list says nothing. An experiment (``--other-script``),
+    not what chunk_search does."""
+    depth = candidate_limit(TOP_K, DEFAULT_SEARCH_SETTINGS)
+    ranked = []
+    for row in rows:
+        dense, bm25 = hits(row["dense"][:depth]), hits(row["bm25"][:depth])
+        dense_best = max((max(h.score, 0.0) for h in dense), default=0.0) or 1.0
+        bm25_best = max((abs(h.score) for h in bm25), default=0.0) or 1.0
+        dense_share = {h.id: max(h.score, 0.0) / dense_best for h in dense}
+        bm25_share = {h.id: abs(h.score) / bm25_best for h in bm25}
+        dense_rank = {h.id: i for i, h in enumerate(dense)}
+        fused = {}
+        for cid in dense_share.keys() | bm25_share.keys():
+            lexical = bm25_share.get(cid, 0.0)
+            if is_chinese_corpus(passage[cid]) != chinese_questions:
+                lexical = max(lexical, lam * dense_share.get(cid, 0.0))
+            fused[cid] = dense_share.get(cid, 0.0) + lexical
+        order = sorted(fused, key=lambda cid: (-fused[cid], dense_rank.get(cid, 10**9)))
+        ranked.append([passage[cid] for cid in order[:TOP_K]])
+    return metrics(ranked, [row["gold"] for row in rows])
+
+
 def grid(spec: list[dict[str, list]] | dict[str, list]) -> list[dict]:
     combos = []
     for block in [spec] if isinstance(spec, dict) else spec:
@@ -114,6 +161,19 @@ def main() -> int:
     parser.add_argument("--grid", type=json.loads, help="JSON {setting: [values]} (or a list of them) instead of GRID")
     parser.add_argument("--show", type=json.loads, action="append", default=[], help="also show these settings")
     parser.add_argument("--top", type=int, default=10, help="how many of the best settings to print")
+    parser.add_argument(
+        "--translations",
+        action="store_true",
+        help="only score every set with the default settings, a translation of the gold (same id) counting as it",
+    )
+    parser.add_argument(
+        "--other-script",
+        type=float,
+        nargs="+",
+        metavar="LAMBDA",
+        help="only replay the experiment of evaluate_other_script for these lambdas (0 = the default fusion); "
+        "questions of sets named xquad-zh* are Chinese",
+    )
     args = parser.parse_args()
 
     sets = [load(path) for path in sorted(args.dumps)]
@@ -121,6 +181,21 @@ def main() -> int:
     if len(set(names)) != len(names):  # the same set with and without distractors: name by folder too
         paths = sorted(args.dumps)
         sets = [(f"{path.parent.name}/{name}", rows, p) for path, (name, rows, p) in zip(paths, sets, strict=True)]
+    width = max(len(name) for name, _, _ in sets)
+    if args.translations or args.other_script:
+        for name, rows, passage in sets:
+            lines = [(mode, evaluate(rows, passage, DEFAULT_SEARCH_SETTINGS, mode)) for mode in ("dense", "bm25")]
+            if args.translations:
+                lines = [(mode, evaluate_translations(rows, passage, mode)) for mode in ("dense", "bm25", "hybrid")]
+            else:
+                chinese = name.rsplit("/", 1)[-1].startswith("xquad-zh")
+                lines += [
+                    (f"λ={lam:g}", evaluate_other_script(rows, passage, chinese_questions=chinese, lam=lam))
+                    for lam in args.other_script
+                ]
+            for label, m in lines:
+                print(f"  {name:<{width}} {label:<7} " + " ".join(f"{x} {m[x]:.3f}" for x in METRICS))
+        return 0
     single = {
         name: {mode: evaluate(rows, passage, DEFAULT_SEARCH_SETTINGS, mode) for mode in ("dense", "bm25")}
         for name, rows, passage in sets
