@@ -168,6 +168,7 @@ def document_upload(
             .first()
         )
         user, label = actor_describe(actor)
+        language_value, language_source = _upload_language(language, previous)
         document = Document(
             uploaded_by=user,
             uploaded_by_label=label[:255],
@@ -179,7 +180,8 @@ def document_upload(
             title=(title or (previous.title if previous else "") or Path(original_name).stem)[:500],
             category=category or (previous.category if previous else ""),
             tags=_clean_tags(tags) or (previous.tags if previous else []),
-            language=language or (previous.language if previous else settings.DOCUMENT_DEFAULT_LANGUAGE),
+            language=language_value,
+            metadata={LANGUAGE_SOURCE: language_source},
             status=Document.Status.PROCESSING,
             processing_progress=0,
             content_hash=content_hash,
@@ -262,6 +264,25 @@ def _enqueue_on_commit(document: Document) -> None:
 # --------------------------------------------------------------------------------------
 # Metadata, delete, reprocess
 # --------------------------------------------------------------------------------------
+# Document.metadata[LANGUAGE_SOURCE]: where its language came from. "uploader" or "editor":
+# a person chose it; "previous": the version it replaces had one a person chose; "default":
+# nobody did, so document_process detects it from the text ("detected"), keeping
+# DOCUMENT_DEFAULT_LANGUAGE when it cannot tell (pipeline/language.py). Documents from before
+# this have no source and are left as they are.
+LANGUAGE_SOURCE = "language_source"
+LANGUAGE_CHOSEN = ("uploader", "editor", "previous")
+
+
+def _upload_language(language: str, previous: Document | None) -> tuple[str, str]:
+    """(language, source) of a new upload: the uploader's; else the previous version's if a
+    person chose it (or it predates detection); else the default, to be detected."""
+    if language:
+        return language, "uploader"
+    if previous is not None and (previous.metadata or {}).get(LANGUAGE_SOURCE, "previous") in LANGUAGE_CHOSEN:
+        return previous.language, "previous"
+    return settings.DOCUMENT_DEFAULT_LANGUAGE, "default"
+
+
 @transaction.atomic
 def document_update(*, document: Document, actor: Any, **fields: Any) -> Document:
     unknown = set(fields) - set(EDITABLE_FIELDS)
@@ -272,7 +293,11 @@ def document_update(*, document: Document, actor: Any, **fields: Any) -> Documen
     old = {k: getattr(document, k) for k in fields}
     for key, value in fields.items():
         setattr(document, key, value)
-    document.save(update_fields=[*fields, "updated_at"])
+    update_fields = [*fields, "updated_at"]
+    if "language" in fields and old["language"] != document.language:  # a person's choice: never re-detected
+        document.metadata = {**(document.metadata or {}), LANGUAGE_SOURCE: "editor"}
+        update_fields.append("metadata")
+    document.save(update_fields=update_fields)
     changed = {k: getattr(document, k) for k in fields if old[k] != getattr(document, k)}
     if changed:
         _search_cache_invalidate_on_commit()
@@ -497,6 +522,29 @@ def document_vector_ids(document_id: Any, chunk_bound: int) -> list[str]:
     return [str(chunk_uuid(document_id, i)) for i in range(chunk_bound)]
 
 
+def _document_language_detect(*, document: Document, sections: list[Any]) -> str | None:
+    """Set the language of a document nobody chose one for from its text (see
+    LANGUAGE_SOURCE); the detected language, or None when it was chosen or cannot be told."""
+    from apps.knowledge.pipeline.language import SAMPLE_CHARS, language_detect
+
+    if (document.metadata or {}).get(LANGUAGE_SOURCE) != "default":
+        return None
+    sample, size = [], 0
+    for section in sections:
+        sample.append(section.text)
+        size += len(section.text)
+        if size >= SAMPLE_CHARS:
+            break
+    detected = language_detect("\n".join(sample))
+    if detected is None:
+        return None
+    document.language = detected
+    document.metadata = {**(document.metadata or {}), LANGUAGE_SOURCE: "detected"}
+    # Only these two columns: the progress writes update the same row meanwhile.
+    Document.objects.filter(pk=document.pk).update(language=detected, metadata=document.metadata)
+    return detected
+
+
 def document_process(*, document_id: Any) -> Document | None:
     """Run the whole pipeline for one document. Idempotent: a document that is not in
     ``processing`` is left alone; a rerun produces the same chunk ids and vectors.
@@ -528,6 +576,9 @@ def document_process(*, document_id: Any) -> Document | None:
                 chars=sum(len(s.text) for s in sections),
                 pages=len({s.metadata.get("page") for s in sections if s.metadata.get("page")}),
             )
+            detected = _document_language_detect(document=document, sections=sections)
+            if detected:
+                details.update(language=detected)
         with _stage(document, "chunk") as details:
             chunks = list(
                 chunk_sections(

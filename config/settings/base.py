@@ -346,6 +346,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 CELERY_BEAT_SCHEDULE = {
     "knowledge-stale-documents": {"task": "knowledge.documents_stale_sweep", "schedule": 300.0},
 }
+# The language of an upload nobody gave one and whose text does not tell (zh-CN, zh-TW and en
+# are detected: apps/knowledge/pipeline/language.py).
 DOCUMENT_DEFAULT_LANGUAGE = env("DOCUMENT_DEFAULT_LANGUAGE", default="zh-CN")
 SEARCH_CACHE_TTL = env.int("SEARCH_CACHE_TTL", default=300)  # seconds (seed: search:{hash} TTL 300)
 # Threads per process for hybrid's BM25 search, sent beside the embedding and the dense search.

@@ -53,7 +53,16 @@ class DocumentUploadSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     category = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False, default=list)
-    language = serializers.CharField(max_length=10, required=False, allow_blank=True, default="")
+    language = serializers.CharField(
+        max_length=10,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text=(
+            "e.g. zh-CN, en. Empty: the previous version's if a person chose it, else detected from the text "
+            "(zh-CN, zh-TW or en), else DOCUMENT_DEFAULT_LANGUAGE."
+        ),
+    )
 
 
 class UploadResultSerializer(serializers.Serializer):

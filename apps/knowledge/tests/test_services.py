@@ -294,6 +294,73 @@ class TestUpload:
 # =========================================================================================
 # Processing
 # =========================================================================================
+class TestLanguage:
+    """A document nobody gave a language gets it from its text; a person's choice stands."""
+
+    ENGLISH = markdown(
+        "# Zephyr heater\n\nTo reset the heater, switch it off at the wall and hold the power button for "
+        "ten seconds. The display shows the factory settings when the reset is done."
+    )
+    CHINESE = markdown(
+        "# 退货政策\n\n自签收之日起七天内，商品未经使用、包装完好，可申请无理由退货。退款将原路返回至支付账户。"
+    )
+    FRENCH = markdown(
+        "# Chauffage\n\nPour réinitialiser le chauffage, coupez-le au mur et maintenez le bouton pendant dix "
+        "secondes. Les paramètres d'usine sont rétablis."
+    )
+
+    def test_detected_when_the_uploader_gave_none(self, indexed, settings):
+        from apps.knowledge.search import chunk_search
+
+        document = indexed(self.ENGLISH, "heater.md")
+
+        assert document.language == "en" != settings.DOCUMENT_DEFAULT_LANGUAGE
+        assert document.metadata["language_source"] == "detected"
+        extract_log = DocumentProcessingLog.objects.get(document=document, stage="extract")
+        assert extract_log.details["language"] == "en"
+        tenant = connection.tenant
+        hits = chunk_search(tenant=tenant, query="reset the heater", filters={"language": "en"}, use_cache=False).hits
+        assert [h.document_id for h in hits] == [str(document.pk)]
+        assert not chunk_search(tenant=tenant, query="reset the heater", filters={"language": "zh-CN"}).hits
+
+    def test_the_uploaders_language_stands(self, indexed):
+        document = indexed(self.ENGLISH, "heater.md", language="zh-CN")
+
+        assert (document.language, document.metadata["language_source"]) == ("zh-CN", "uploader")
+
+    def test_the_default_when_it_cannot_tell(self, indexed, settings):
+        document = indexed(self.FRENCH, "chauffage.md")
+
+        assert (document.language, document.metadata["language_source"]) == (
+            settings.DOCUMENT_DEFAULT_LANGUAGE,
+            "default",
+        )
+
+    def test_a_new_version_is_detected_again_unless_a_person_chose(self, indexed, upload, process, manager):
+        first = indexed(self.ENGLISH, "notice.md")
+        assert first.language == "en"
+
+        second = process(upload(self.CHINESE, "notice.md").document)  # the notice was translated
+        assert (second.version, second.language, second.metadata["language_source"]) == (2, "zh-CN", "detected")
+
+        services.document_update(document=second, actor=manager, language="zh-TW")
+        second.refresh_from_db()
+        assert second.metadata["language_source"] == "editor"
+        audit = AuditLog.objects.get(action="document.updated", resource_id=str(second.pk))
+        assert audit.new_values == {"language": "zh-TW"}
+
+        third = process(upload(self.ENGLISH, "notice.md").document)
+        assert (third.version, third.language, third.metadata["language_source"]) == (3, "zh-TW", "previous")
+
+    def test_documents_from_before_detection_keep_theirs(self, indexed, upload, process):
+        old = indexed(self.ENGLISH, "legacy.md", language="zh-CN")
+        Document.objects.filter(pk=old.pk).update(metadata={})  # uploaded before language_source existed
+
+        new = process(upload(self.CHINESE, "legacy.md").document)
+
+        assert (new.language, new.metadata["language_source"]) == ("zh-CN", "previous")
+
+
 class TestProcessing:
     @pytest.mark.parametrize("relative", evaluation_files())
     def test_every_evaluation_document(self, indexed, upload, process, acme, relative):
