@@ -884,7 +884,9 @@ class TestVectorWrites:
             before = self.last
             real_set(self, percent)
             if self.last != before:
-                written.append(time.monotonic())
+                # The instant the throttle took the write, not after it: the UPDATE and the push
+                # take a varying time, and two writes 0.2 s apart may finish closer than that.
+                written.append(self.written_at)
 
         monkeypatch.setattr(services._Progress, "set", recording_set)
         # Each batch takes at least 20 ms, so processing outlasts the interval whatever the
