@@ -1,7 +1,6 @@
 """Celery, tenant-aware: tenant-schemas-celery stamps the current schema on every task
 sent and switches the worker to it before the task runs."""
 
-import logging
 import os
 
 from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
@@ -43,20 +42,13 @@ def _db_connections_check(sender=None, **_kwargs) -> None:
 
 @worker_process_init.connect
 def _models_warm_up(**_kwargs) -> None:
-    """Each worker process loads the embedding model as it starts (in the background:
-    Celery gives a process 4 s to report itself up), not in its first document. A task
-    arriving meanwhile waits for the same load (``embed.get_embedder`` holds a lock)."""
+    """Each worker process loads the embedding model and jieba as it starts, in the
+    background (Celery gives a process 4 s to report itself up), as a web process does
+    (``apps.core.warmup``), not in its first document. A task arriving meanwhile waits for
+    the same load (``embed.get_embedder`` holds a lock)."""
     from django.conf import settings
 
     if settings.MODEL_WARMUP:
-        import threading
+        from apps.core.warmup import warmup_in_background
 
-        from apps.knowledge.pipeline.embed import get_embedder
-
-        def load() -> None:
-            try:
-                get_embedder()
-            except Exception:  # noqa: BLE001 - an optimisation; the first document reports a broken model
-                logging.getLogger(__name__).warning("Embedding model warm-up failed", exc_info=True)
-
-        threading.Thread(target=load, name="model-warmup", daemon=True).start()
+        warmup_in_background()
