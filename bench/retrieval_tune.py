@@ -34,7 +34,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from apps.knowledge.search import DEFAULT_SEARCH_SETTINGS, candidate_limit, fuse  # noqa: E402
+from apps.knowledge.search import DEFAULT_SEARCH_SETTINGS, _list_scores, candidate_limit, fuse  # noqa: E402
 from apps.knowledge.vectorstore import VectorHit  # noqa: E402
 
 TOP_K = 10
@@ -127,10 +127,8 @@ def evaluate_other_script(rows: list[dict], passage: dict[str, str], *, chinese_
     ranked = []
     for row in rows:
         dense, bm25 = hits(row["dense"][:depth]), hits(row["bm25"][:depth])
-        dense_best = max((max(h.score, 0.0) for h in dense), default=0.0) or 1.0
-        bm25_best = max((abs(h.score) for h in bm25), default=0.0) or 1.0
-        dense_share = {h.id: max(h.score, 0.0) / dense_best for h in dense}
-        bm25_share = {h.id: abs(h.score) / bm25_best for h in bm25}
+        dense_share = dict(_list_scores(dense, is_bm25=False, conf=DEFAULT_SEARCH_SETTINGS))  # as fuse
+        bm25_share = dict(_list_scores(bm25, is_bm25=True, conf=DEFAULT_SEARCH_SETTINGS))
         dense_rank = {h.id: i for i, h in enumerate(dense)}
         fused = {}
         for cid in dense_share.keys() | bm25_share.keys():

@@ -501,35 +501,28 @@ def fuse(dense_hits: list[Any], bm25_hits: list[Any], conf: dict) -> list[tuple[
     many of them) it adds about the same to every candidate and dense decides; where BM25
     has a clear winner, it wins.
     ``rrf``: weighted reciprocal-rank fusion, ``weight / (rrf_k + rank)`` per list."""
-    if not dense_hits or not bm25_hits:  # one list (dense or bm25 mode): its own order, as it came
-        return _fuse_single(dense_hits or bm25_hits, is_bm25=not dense_hits, conf=conf)
-    fused: dict[str, float] = {}
-    dense_rank = {h.id: i + 1 for i, h in enumerate(dense_hits)}
-    lists = ((dense_hits, float(conf["dense_weight"])), (bm25_hits, float(conf["bm25_weight"])))
-    if conf["fusion"] == "rrf":
-        k = float(conf["rrf_k"])
-        for hits, weight in lists:
-            for rank, hit in enumerate(hits, start=1):
-                fused[hit.id] = fused.get(hit.id, 0.0) + weight / (k + rank)
-    else:
-        for hits, weight in lists:
-            # Cosine similarity, and BM25 as a magnitude (Milvus Lite reports it negated).
-            scores = [max(abs(h.score) if hits is bm25_hits else h.score, 0.0) for h in hits]
-            best = max(scores, default=0.0)
-            for hit, score in zip(hits, scores, strict=True):
-                fused[hit.id] = fused.get(hit.id, 0.0) + (weight * score / best if best > 0.0 else 0.0)
+    dense = _list_scores(dense_hits, is_bm25=False, conf=conf)
+    bm25 = _list_scores(bm25_hits, is_bm25=True, conf=conf)
+    if not dense or not bm25:
+        # One list (dense or bm25 mode): Milvus returns it best first and a list's score
+        # falls with its own score or rank, so it is in order already (ties as it came, as
+        # the sort below would keep them).
+        return dense or bm25
+    fused = dict(dense)
+    for cid, score in bm25:
+        fused[cid] = fused.get(cid, 0.0) + score
+    dense_rank = {cid: i for i, (cid, _) in enumerate(dense)}
     order = sorted(fused, key=lambda cid: (-fused[cid], dense_rank.get(cid, 10**9)))
     return [(cid, fused[cid]) for cid in order]
 
 
-def _fuse_single(hits: list[Any], *, is_bm25: bool, conf: dict) -> list[tuple[str, float]]:
-    """``fuse`` of a single list, without sorting: Milvus returns it best first, and the
-    fused score is a decreasing function of the list's own score or rank (ties keep the
-    list's order, as the sort in ``fuse`` does)."""
+def _list_scores(hits: list[Any], *, is_bm25: bool, conf: dict) -> list[tuple[str, float]]:
+    """One list's share of the fused score, per hit, in the list's order (see ``fuse``)."""
     weight = float(conf["bm25_weight" if is_bm25 else "dense_weight"])
     if conf["fusion"] == "rrf":
         k = float(conf["rrf_k"])
         return [(hit.id, weight / (k + rank)) for rank, hit in enumerate(hits, start=1)]
+    # Cosine similarity, and BM25 as a magnitude (Milvus Lite reports it negated).
     scores = [max(abs(h.score) if is_bm25 else h.score, 0.0) for h in hits]
     best = max(scores, default=0.0)
     return [(hit.id, weight * score / best if best > 0.0 else 0.0) for hit, score in zip(hits, scores, strict=True)]
