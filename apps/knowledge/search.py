@@ -217,8 +217,8 @@ def highlight(text: str, terms: list[str]) -> str:
         folded = text_normalize(text)
         haystack = folded if len(folded) == len(text) else text
     lowered = haystack.lower()
-    if len(lowered) != len(haystack):  # a character whose lower case is longer (İ): rare
-        return _highlight_regex(text, haystack, terms)
+    if len(lowered) != len(haystack):  # İ lower-cases to two characters: keep the first, as re does
+        lowered = "".join(char.lower()[:1] for char in haystack)
     spans = _term_spans(lowered, terms)
     out, last = [], 0
     for start, end in spans:
@@ -260,18 +260,6 @@ def _term_spans(lowered: str, terms: list[str]) -> list[tuple[int, int]]:
             spans.append((start, found[start]))
             last = found[start]
     return spans
-
-
-def _highlight_regex(text: str, haystack: str, terms: list[str]) -> str:
-    parts = [rf"\b{re.escape(t)}\b" if t.isascii() else re.escape(t) for t in terms]
-    pattern = re.compile("|".join(parts), re.IGNORECASE)
-    out, last = [], 0
-    for match in pattern.finditer(haystack):
-        out.append(html.escape(text[last : match.start()]))
-        out.append(f"<mark>{html.escape(text[match.start() : match.end()])}</mark>")
-        last = match.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
 
 
 class _Passage:
