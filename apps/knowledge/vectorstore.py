@@ -425,13 +425,17 @@ def collection_drop() -> None:
     vectors (evaluation collections)."""
     client = _client()
     with vector_write_lock(), _milvus_errors():
-        names = _collection_names(client)
-        for name in names:
-            try:
-                client.drop_collection(name)
-                _redis().delete(_unsealed_key(name))
-            finally:
-                _forget(name)
+        for name in _collection_names(client):
+            _drop(client, name)
+
+
+def _drop(client, name: str) -> None:
+    """Drop collection ``name`` and what this process and Redis keep about it."""
+    try:
+        client.drop_collection(name)
+        _redis().delete(_unsealed_key(name))
+    finally:
+        _forget(name)
 
 
 def collection_flush() -> None:
@@ -705,11 +709,7 @@ def vectors_tenant_drop(*, tenant_key: str) -> None:
     def drop(client, name: str) -> None:
         with vector_write_lock():
             if is_lite():
-                try:
-                    client.drop_collection(name)
-                    _redis().delete(_unsealed_key(name))
-                finally:
-                    _forget(name)
+                _drop(client, name)
             else:
                 client.delete(name, filter=_tenant_filter(tenant_key))
 
