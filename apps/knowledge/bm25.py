@@ -84,9 +84,7 @@ def query_tokens(text: str) -> tuple[str, ...]:
 
 
 def _ids(tokens: Iterable[str]) -> tuple[int, ...]:
-    from apps.knowledge.vectorstore import BM25_STOP_WORDS
-
-    stop = _stop_words(tuple(BM25_STOP_WORDS))
+    stop = _stop_words()
     return tuple(term_id(token) for token in tokens if token not in stop)
 
 
@@ -102,8 +100,12 @@ def analyze(text: str) -> tuple[tuple[int, ...], int]:
 
 
 @functools.cache
-def _stop_words(words: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(words)
+def _stop_words() -> frozenset[str]:
+    """Made once (``_ids`` runs for every chunk and every query; it used to turn the list
+    into a tuple and hash it on each call to find the cached set)."""
+    from apps.knowledge.vectorstore import BM25_STOP_WORDS
+
+    return frozenset(BM25_STOP_WORDS)
 
 
 def chunk_terms(text: str) -> tuple[list[int], int]:
