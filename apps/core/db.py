@@ -24,13 +24,13 @@ from django.db import connection
 from django.db.backends.postgresql.base import ServerBindingCursor
 
 
-class _PreparingCursor(ServerBindingCursor):
-    """A server-binding cursor: psycopg prepares a statement once it has run it
-    ``prepare_threshold`` times on the connection (5; ``DATABASE_PREPARED_STATEMENTS``).
-    Not at once: preparing costs a round trip of its own, which a tenant searched once in a
-    while would pay for nothing. ``logged``: keep the statement where Django's debug wrapper
-    reads it (psycopg records it only when it sends a statement unprepared), so captured
-    queries and DEBUG's ``connection.queries`` show it."""
+class _ServerBoundCursor(ServerBindingCursor):
+    """A server-binding cursor (Django's own bind on the client and never prepare): psycopg
+    prepares a statement once it has run it ``prepare_threshold`` times on the connection
+    (5; ``DATABASE_PREPARED_STATEMENTS``), not at once: preparing costs a round trip of its
+    own, which a tenant searched once in a while would pay for nothing. ``logged``: keep the
+    statement where Django's debug wrapper reads it (psycopg records it only when it sends a
+    statement unprepared), so captured queries and DEBUG's ``connection.queries`` show it."""
 
     logged = False
 
@@ -56,7 +56,7 @@ def fetchall_prepared(sql: str, params: Sequence[Any]) -> list[tuple]:
             cursor.execute(sql, params)
             return cursor.fetchall()
     # Django's own wrapping (thread-sharing check, debug capture) of a cursor it did not make.
-    cursor = _PreparingCursor(connection.connection)
+    cursor = _ServerBoundCursor(connection.connection)
     cursor.logged = connection.queries_logged
     with connection._prepare_cursor(cursor) as cursor:
         cursor.execute(sql, params)
