@@ -56,6 +56,7 @@ class HitTestForm(forms.Form):
         required=False,
         choices=[("", "—")] + [(t, t) for t in ("pdf", "docx", "xlsx", "pptx", "html", "md", "txt", "csv")],
     )
+    language = forms.CharField(label=_("language"), max_length=10, required=False, help_text=_("e.g. zh-CN, en"))
 
 
 class ProcessingLogInline(admin.TabularInline):
@@ -236,6 +237,7 @@ class DocumentAdmin(admin.ModelAdmin):
                 "category": data["category"] or None,
                 "tags": [t.strip() for t in data["tags"].split(",") if t.strip()],
                 "file_type": data["file_type"] or None,
+                "language": data["language"].strip() or None,
             }
             try:
                 result = chunk_search(

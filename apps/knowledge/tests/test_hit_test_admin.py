@@ -124,6 +124,19 @@ def test_filters_apply(acme, manager_client, docs):
     assert documents(category="nothing") == set()
 
 
+def test_the_language_filter_applies(acme, manager_client, index_doc, docs):
+    returns = index_doc(acme, "returns.md", "# 退货政策\n\n自签收之日起七天内，加热器可申请无理由退货，退款原路返回。")
+
+    def documents(**fields) -> set[str]:
+        response = hit_test(manager_client, "heater 加热器 退货", top_k=20, **fields)
+        return {h.document_id for h in response.context["result"].hits}
+
+    # Uploaded without a language: detected from the text when processed.
+    assert documents(language="zh-CN") == {returns.id}
+    assert documents(language="en") == {docs["pdf"].id, docs["manual"].id}
+    assert documents(language="fr") == set()
+
+
 def test_the_hit_test_is_never_served_from_the_cache(acme, manager_client, docs):
     before = searches(acme)
     for _ in range(2):
